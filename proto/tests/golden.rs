@@ -1,0 +1,220 @@
+//! Golden byte vectors: these exact bytes are what peers exchange. If one of these tests fails, the
+//! wire format changed. That breaks mixed-version clusters, so either undo the change or bump
+//! `PROTOCOL_VERSION`, document it in PROTOCOL.md, and update the vectors deliberately.
+
+use peerfence_proto::*;
+
+fn cluster() -> ClusterId {
+    ClusterId::new("prod-kvm").unwrap()
+}
+
+fn proposal() -> Proposal {
+    Proposal {
+        target: MemberId(3),
+        target_boot: BootId([0xb0; 16]),
+        proposer: MemberId(1),
+        round: Round::new(2, 5),
+        kind: FenceKind::Fence,
+        budget_slot: Some(0),
+        lane: 1,
+    }
+}
+
+fn signed_vote(voter: u16) -> SignedVote {
+    SignedVote {
+        voter: MemberId(voter),
+        evidence: VoteEvidence {
+            voter_healthy: true,
+            target_down_ms: 5_200,
+            heartbeat_stalled_ms: 6_100,
+        },
+        signature: Signature::from_bytes([voter as u8; 64]),
+    }
+}
+
+fn envelope(message: Message) -> Envelope {
+    Envelope {
+        cluster: cluster(),
+        digest: ConfigDigest(0x0123_4567_89ab_cdef),
+        sender: MemberId(1),
+        message,
+    }
+}
+
+fn check(name: &str, bytes: &[u8], golden: &str) {
+    let got = hex::encode(bytes);
+    assert_eq!(
+        got, golden,
+        "wire encoding of {name} changed; see the header of tests/golden.rs"
+    );
+}
+
+fn roundtrip(env: &Envelope) -> Vec<u8> {
+    let bytes = encode(env).unwrap();
+    assert_eq!(&decode(&bytes).unwrap(), env);
+    bytes
+}
+
+#[test]
+fn golden_propose() {
+    let bytes = roundtrip(&envelope(Message::Propose(proposal())));
+    check("Propose", &bytes, GOLDEN_PROPOSE);
+}
+
+#[test]
+fn golden_vote() {
+    let bytes = roundtrip(&envelope(Message::Vote(Vote {
+        proposal: proposal(),
+        vote: signed_vote(2),
+    })));
+    check("Vote", &bytes, GOLDEN_VOTE);
+}
+
+#[test]
+fn golden_certificate() {
+    let qc = QuorumCertificate {
+        proposal: proposal(),
+        votes: vec![signed_vote(0), signed_vote(1), signed_vote(2)],
+    };
+    let bytes = roundtrip(&envelope(Message::Certificate(qc)));
+    check("Certificate", &bytes, GOLDEN_CERTIFICATE);
+}
+
+#[test]
+fn golden_refuse_release_outcome() {
+    let refuse = roundtrip(&envelope(Message::Refuse(Refusal {
+        proposal: proposal(),
+        voter: MemberId(4),
+        reason: RefuseReason::PromisedElsewhere {
+            proposer: MemberId(2),
+            round: Round::new(1, 1),
+        },
+    })));
+    check("Refuse", &refuse, GOLDEN_REFUSE);
+    let release = roundtrip(&envelope(Message::Release(Release {
+        proposal: proposal(),
+    })));
+    check("Release", &release, GOLDEN_RELEASE);
+    let outcome = roundtrip(&envelope(Message::Outcome(FenceOutcome {
+        proposal: proposal(),
+        attempt: 1,
+        result: OutcomeResult::Confirmed(Evidence::PowerOff { level: 0 }),
+    })));
+    check("Outcome", &outcome, GOLDEN_OUTCOME);
+}
+
+#[test]
+fn golden_swim_carrier() {
+    let bytes = roundtrip(&envelope(Message::Swim(vec![1, 2, 3, 250, 251, 255])));
+    check("Swim", &bytes, GOLDEN_SWIM);
+}
+
+#[test]
+fn golden_broadcasts() {
+    let health = Broadcast::Health(HealthUpdate {
+        member: MemberId(2),
+        generation: 4,
+        seq: 300,
+        boot: BootId([0x2a; 16]),
+        verdict: Verdict::Healthy,
+        storage: vec![StorageHealth::Ok, StorageHealth::Slow],
+        agent: AgentHealth::Alive,
+        isolation: IsolationHealth::NotConfigured,
+    });
+    let bytes = encode_broadcast(&health).unwrap();
+    assert_eq!(decode_broadcast(&bytes).unwrap(), health);
+    check("Broadcast::Health", &bytes, GOLDEN_HEALTH);
+
+    let arm = Broadcast::Arm(ArmState {
+        armed: false,
+        version: FlagVersion {
+            counter: 7,
+            by: MemberId(0),
+        },
+    });
+    let bytes = encode_broadcast(&arm).unwrap();
+    assert_eq!(decode_broadcast(&bytes).unwrap(), arm);
+    check("Broadcast::Arm", &bytes, GOLDEN_ARM);
+
+    let maintenance = Broadcast::Maintenance(MaintenanceState {
+        member: MemberId(3),
+        on: true,
+        version: FlagVersion {
+            counter: 8,
+            by: MemberId(1),
+        },
+    });
+    let bytes = encode_broadcast(&maintenance).unwrap();
+    assert_eq!(decode_broadcast(&bytes).unwrap(), maintenance);
+    check("Broadcast::Maintenance", &bytes, GOLDEN_MAINTENANCE);
+}
+
+#[test]
+fn golden_storage_records() {
+    let hb = StorageRecord {
+        cluster: cluster(),
+        digest: ConfigDigest(42),
+        body: StorageBody::Heartbeat(HeartbeatRecord {
+            member: MemberId(2),
+            boot: BootId([0x11; 16]),
+            counter: 1_000_000,
+        }),
+    };
+    let bytes = encode_storage(&hb).unwrap();
+    assert_eq!(decode_storage(&bytes).unwrap(), hb);
+    check("StorageRecord::Heartbeat", &bytes, GOLDEN_HEARTBEAT);
+}
+
+#[test]
+fn golden_swim_header() {
+    use bytes::BufMut;
+    use foca::{Codec, Header, Member, Message as SwimMessage, State};
+    let mut codec = swim::SwimCodec;
+    let header = Header {
+        src: Ident {
+            member: MemberId(1),
+            generation: 3,
+        },
+        src_incarnation: 2,
+        dst: Ident {
+            member: MemberId(4),
+            generation: 0,
+        },
+        message: SwimMessage::Ping(9),
+    };
+    let mut buf = Vec::new();
+    codec.encode_header(&header, &mut buf).unwrap();
+    let member = Member::new(
+        Ident {
+            member: MemberId(2),
+            generation: 1,
+        },
+        5,
+        State::Suspect,
+    );
+    codec.encode_member(&member, &mut buf).unwrap();
+    check("SWIM header + member", &buf, GOLDEN_SWIM_HEADER);
+    let mut slice = &buf[..];
+    assert_eq!(codec.decode_header(&mut slice).unwrap(), header);
+    assert_eq!(codec.decode_member(&mut slice).unwrap(), member);
+    assert!(slice.is_empty());
+
+    // A failed encode leaves the buffer untouched, as foca requires.
+    let mut small = [0u8; 3];
+    let mut window = &mut small[..];
+    assert!(codec.encode_header(&header, &mut window).is_err());
+    assert_eq!(window.remaining_mut(), 3);
+}
+
+const GOLDEN_PROPOSE: &str = "010870726f642d6b766dfdefcdab8967452301010103b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd050000000200000000010001";
+const GOLDEN_VOTE: &str = "010870726f642d6b766dfdefcdab8967452301010203b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd0500000002000000000100010201fb5014fbd41702020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202";
+const GOLDEN_CERTIFICATE: &str = "010870726f642d6b766dfdefcdab8967452301010503b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd050000000200000000010001030001fb5014fbd417000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000101fb5014fbd417010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010201fb5014fbd41702020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202";
+const GOLDEN_REFUSE: &str = "010870726f642d6b766dfdefcdab8967452301010303b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd050000000200000000010001040c02fd0100000001000000";
+const GOLDEN_RELEASE: &str = "010870726f642d6b766dfdefcdab8967452301010403b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd050000000200000000010001";
+const GOLDEN_OUTCOME: &str = "010870726f642d6b766dfdefcdab8967452301010603b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd05000000020000000001000101000000";
+const GOLDEN_SWIM: &str = "010870726f642d6b766dfdefcdab8967452301010006010203fafbff";
+const GOLDEN_HEALTH: &str = "000204fb2c012a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a000200010002";
+const GOLDEN_ARM: &str = "01000700";
+const GOLDEN_MAINTENANCE: &str = "0203010801";
+const GOLDEN_HEARTBEAT: &str = "010870726f642d6b766d2a000211111111111111111111111111111111fc40420f00";
+const GOLDEN_SWIM_HEADER: &str = "0103020400000902010501";
