@@ -395,6 +395,30 @@ pub enum Message {
     Certificate(QuorumCertificate),
     /// A fence attempt ended.
     Outcome(FenceOutcome),
+    /// "Can you hear me, and do you vouch for me?" Sent only by a member whose own storage is not
+    /// healthy: its watchdog keeps being fed only while a quorum vouches for it.
+    Contact(Contact),
+    /// Answer to a [`Contact`].
+    ContactAck(ContactAck),
+}
+
+/// A contact probe (see [`Message::Contact`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// The sender's current boot; peers that agreed to fence that boot do not vouch.
+    pub boot: BootId,
+    /// Echoed in the answer; tells the sender when the probe it answers was sent.
+    pub nonce: u64,
+}
+
+/// The answer to a contact probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactAck {
+    /// The probe's nonce.
+    pub nonce: u64,
+    /// False when the answering member holds a promise, a fence in flight, or a fence record
+    /// against the prober's boot: such a peer must not keep the prober's watchdog fed.
+    pub vouch: bool,
 }
 
 impl Message {
@@ -408,6 +432,8 @@ impl Message {
             Message::Release(_) => "release",
             Message::Certificate(_) => "certificate",
             Message::Outcome(_) => "outcome",
+            Message::Contact(_) => "contact",
+            Message::ContactAck(_) => "contact_ack",
         }
     }
 }

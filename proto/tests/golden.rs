@@ -104,6 +104,20 @@ fn golden_refuse_release_outcome() {
 }
 
 #[test]
+fn golden_contact() {
+    let contact = roundtrip(&envelope(Message::Contact(Contact {
+        boot: BootId([0x33; 16]),
+        nonce: 77,
+    })));
+    check("Contact", &contact, GOLDEN_CONTACT);
+    let ack = roundtrip(&envelope(Message::ContactAck(ContactAck {
+        nonce: 77,
+        vouch: false,
+    })));
+    check("ContactAck", &ack, GOLDEN_CONTACT_ACK);
+}
+
+#[test]
 fn golden_swim_carrier() {
     let bytes = roundtrip(&envelope(Message::Swim(vec![1, 2, 3, 250, 251, 255])));
     check("Swim", &bytes, GOLDEN_SWIM);
@@ -218,3 +232,5 @@ const GOLDEN_ARM: &str = "01000700";
 const GOLDEN_MAINTENANCE: &str = "0203010801";
 const GOLDEN_HEARTBEAT: &str = "010870726f642d6b766d2a000211111111111111111111111111111111fc40420f00";
 const GOLDEN_SWIM_HEADER: &str = "0103020400000902010501";
+const GOLDEN_CONTACT: &str = "010870726f642d6b766dfdefcdab89674523010107333333333333333333333333333333334d";
+const GOLDEN_CONTACT_ACK: &str = "010870726f642d6b766dfdefcdab896745230101084d00";
