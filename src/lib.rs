@@ -1,1 +1,20 @@
-//! placeholder
+//! # peerfence core
+//!
+//! The sans-IO heart of peerfence: [`node::Node`] decides who may fence whom. It never reads a
+//! clock, touches a socket or a file, or draws unseeded randomness; the daemon and the simulator
+//! feed it inputs stamped with `now` and carry out its outputs.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod crypto;
+pub mod durable;
+pub mod health;
+pub mod heartbeat;
+pub mod membership;
+pub mod quorum;
+pub mod time;
+
+#[cfg(test)]
+mod testutil;

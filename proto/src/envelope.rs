@@ -137,7 +137,7 @@ impl Validate for Message {
             Message::Release(r) => r.proposal.validate(),
             Message::Certificate(qc) => qc.validate(),
             Message::Outcome(o) => o.proposal.validate(),
-            Message::Contact(_) | Message::ContactAck(_) => Ok(()),
+            Message::Contact(_) | Message::ContactAck(_) | Message::Leave(_) => Ok(()),
         }
     }
 }

@@ -376,6 +376,19 @@ pub enum Broadcast {
     Maintenance(MaintenanceState),
     /// A fence outcome (also sent directly; gossip reaches members that missed it).
     Outcome(FenceOutcome),
+    /// A member's daemon is stopping on purpose (not crashing).
+    Leave(LeaveNotice),
+}
+
+/// A daemon stopping cleanly says so before it goes quiet. Peers then treat that member like one
+/// in maintenance until it returns with a higher generation: an operator stopped the daemon, the
+/// host and its VMs still run, and fencing it would kill them for nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaveNotice {
+    /// The member leaving.
+    pub member: MemberId,
+    /// The generation that leaves; a later generation is a new run.
+    pub generation: u32,
 }
 
 /// Every message between peers.
@@ -400,6 +413,8 @@ pub enum Message {
     Contact(Contact),
     /// Answer to a [`Contact`].
     ContactAck(ContactAck),
+    /// The sender's daemon is stopping on purpose (also gossiped as [`Broadcast::Leave`]).
+    Leave(LeaveNotice),
 }
 
 /// A contact probe (see [`Message::Contact`]).
@@ -434,6 +449,7 @@ impl Message {
             Message::Outcome(_) => "outcome",
             Message::Contact(_) => "contact",
             Message::ContactAck(_) => "contact_ack",
+            Message::Leave(_) => "leave",
         }
     }
 }

@@ -161,6 +161,14 @@ fn golden_broadcasts() {
     let bytes = encode_broadcast(&maintenance).unwrap();
     assert_eq!(decode_broadcast(&bytes).unwrap(), maintenance);
     check("Broadcast::Maintenance", &bytes, GOLDEN_MAINTENANCE);
+
+    let leave = Broadcast::Leave(LeaveNotice {
+        member: MemberId(4),
+        generation: 9,
+    });
+    let bytes = encode_broadcast(&leave).unwrap();
+    assert_eq!(decode_broadcast(&bytes).unwrap(), leave);
+    check("Broadcast::Leave", &bytes, GOLDEN_LEAVE);
 }
 
 #[test]
@@ -234,3 +242,4 @@ const GOLDEN_HEARTBEAT: &str = "010870726f642d6b766d2a00021111111111111111111111
 const GOLDEN_SWIM_HEADER: &str = "0103020400000902010501";
 const GOLDEN_CONTACT: &str = "010870726f642d6b766dfdefcdab89674523010107333333333333333333333333333333334d";
 const GOLDEN_CONTACT_ACK: &str = "010870726f642d6b766dfdefcdab896745230101084d00";
+const GOLDEN_LEAVE: &str = "040409";

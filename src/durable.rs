@@ -1,0 +1,486 @@
+//! The durable part of a node's state: what must survive a crash for the safety argument to hold.
+//!
+//! * promises: a voter that forgot a promise could vote twice for one target;
+//! * budget-slot reservations: forgetting them would let the budget be spent twice;
+//! * the fence log: an executor that restarts must know an attempt may still be running;
+//! * fenced boots: a host is fenced at most once per boot;
+//! * arm and maintenance flags, the SWIM generation, and the "watchdog stopped for this boot"
+//!   latch (a daemon restarted after a poison pill must not resume feeding).
+//!
+//! The node emits [`crate::node::Output::Persist`] with a snapshot of this value *before* any
+//! output that depends on it; the driver writes it durably before releasing later outputs. The
+//! simulator crashes nodes between outputs and restarts them from exactly the last snapshot.
+//!
+//! Instants stored here are on the writing host's monotonic clock, which restarts at reboot.
+//! [`DurableState::rebase`] handles that conservatively: after a reboot every stored deadline is
+//! re-armed from `now` with its full length, so nothing expires early.
+
+use crate::time::Instant;
+use peerfence_proto::{
+    ArmState, BootId, FlagVersion, MaintenanceState, MemberId, OutcomeResult, Proposal,
+    QuorumCertificate, SignedVote,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// Version of this structure's encoding.
+pub const DURABLE_FORMAT: u32 = 1;
+
+/// Fence records kept (oldest dropped first).
+pub const FENCE_LOG_MAX: usize = 64;
+
+/// Largest encoded durable state accepted by [`DurableState::decode`].
+pub const MAX_DURABLE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A live promise: this node voted for `proposal` and votes for no other round on that target,
+/// and no other target on that lane, until it is released or expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promise {
+    /// The proposal voted for.
+    pub proposal: Proposal,
+    /// When granted.
+    pub granted_at: Instant,
+    /// When it lapses without a release.
+    pub expires_at: Instant,
+    /// The signed vote, resent verbatim if the proposer asks again.
+    pub vote: SignedVote,
+}
+
+/// A budget slot reserved for one target boot until `reserved_at + budget_window`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotReservation {
+    /// Slot number, below the budget.
+    pub slot: u8,
+    /// For whom.
+    pub target: MemberId,
+    /// Which boot.
+    pub target_boot: BootId,
+    /// When reserved (first vote, or first sight of its certificate).
+    pub reserved_at: Instant,
+    /// Whether a fence under it is known to have started (a certificate was seen); unstarted
+    /// reservations are freed when the round is released.
+    pub started: bool,
+}
+
+/// A fence attempt this node executed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceRecord {
+    /// The certificate it ran under.
+    pub qc: QuorumCertificate,
+    /// Attempt number for this target boot.
+    pub attempt: u16,
+    /// When it started.
+    pub started_at: Instant,
+    /// When it must be over (level budgets exhausted).
+    pub deadline: Instant,
+    /// How it ended; `None` while running (or if the node crashed during it).
+    pub outcome: Option<OutcomeResult>,
+}
+
+/// The last boot of a member known fenced (confirmed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FencedBoot {
+    /// Member.
+    pub member: MemberId,
+    /// Its boot that was fenced.
+    pub boot: BootId,
+}
+
+/// Everything a node must not forget across a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableState {
+    /// [`DURABLE_FORMAT`].
+    pub format: u32,
+    /// SWIM generation of the last run; the next start uses a larger one.
+    pub generation: u32,
+    /// Host boot during which this state was last written (decides whether stored instants are
+    /// still on the current clock).
+    pub boot: Option<BootId>,
+    /// At most one per target.
+    pub promises: Vec<Promise>,
+    /// At most one per budget slot.
+    pub slots: Vec<SlotReservation>,
+    /// Fence attempts this node executed, newest last, at most [`FENCE_LOG_MAX`].
+    pub fence_log: VecDeque<FenceRecord>,
+    /// At most one per member.
+    pub fenced: Vec<FencedBoot>,
+    /// Cluster arm switch.
+    pub armed: ArmState,
+    /// Maintenance flags, at most one per member.
+    pub maintenance: Vec<MaintenanceState>,
+    /// Set once this host was told to die in this boot (poison pill, hard self-fence): the
+    /// watchdog is never fed again in that boot, even by a restarted daemon.
+    pub watchdog_stopped_for: Option<BootId>,
+    /// Counter for round numbers within the current generation.
+    pub round_counter: u32,
+}
+
+impl Default for DurableState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why stored state could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurableError {
+    /// Not decodable.
+    #[error("durable state is corrupt: {0}")]
+    Corrupt(String),
+    /// Written by another format version.
+    #[error("durable state has format {found}, this build reads format {DURABLE_FORMAT}")]
+    Format {
+        /// Stored format.
+        found: u32,
+    },
+}
+
+impl DurableState {
+    /// The state of a node that never ran: armed, nothing promised, nothing fenced.
+    pub fn new() -> Self {
+        Self {
+            format: DURABLE_FORMAT,
+            generation: 0,
+            boot: None,
+            promises: Vec::new(),
+            slots: Vec::new(),
+            fence_log: VecDeque::new(),
+            fenced: Vec::new(),
+            armed: ArmState {
+                armed: true,
+                version: FlagVersion {
+                    counter: 0,
+                    by: MemberId(0),
+                },
+            },
+            maintenance: Vec::new(),
+            watchdog_stopped_for: None,
+            round_counter: 0,
+        }
+    }
+
+    /// Encodes for storage.
+    pub fn encode(&self) -> Vec<u8> {
+        let cfg = bincode::config::standard().with_limit::<MAX_DURABLE_BYTES>();
+        // Plain data within its size bounds always encodes.
+        bincode::serde::encode_to_vec(self, cfg).unwrap_or_default()
+    }
+
+    /// Decodes stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DurableError> {
+        let cfg = bincode::config::standard().with_limit::<MAX_DURABLE_BYTES>();
+        let (state, used): (DurableState, usize) = bincode::serde::decode_from_slice(bytes, cfg)
+            .map_err(|e| DurableError::Corrupt(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(DurableError::Corrupt(format!(
+                "{} trailing bytes",
+                bytes.len() - used
+            )));
+        }
+        if state.format != DURABLE_FORMAT {
+            return Err(DurableError::Format {
+                found: state.format,
+            });
+        }
+        Ok(state)
+    }
+
+    /// Prepares loaded state for a run in `boot` starting at `now`: stored instants from another
+    /// boot are re-armed from `now` with their full length (never shortened).
+    pub fn rebase(&mut self, boot: BootId, now: Instant) {
+        if self.boot == Some(boot) {
+            return;
+        }
+        for p in &mut self.promises {
+            let ttl = p.expires_at.saturating_since(p.granted_at);
+            p.granted_at = now;
+            p.expires_at = now + ttl;
+        }
+        for s in &mut self.slots {
+            s.reserved_at = now;
+        }
+        for r in &mut self.fence_log {
+            let len = r.deadline.saturating_since(r.started_at);
+            r.started_at = now;
+            r.deadline = now + len;
+        }
+        self.boot = Some(boot);
+    }
+
+    /// The live promise on `target`, if any (call [`Self::expire`] first).
+    pub fn promise_for(&self, target: MemberId) -> Option<&Promise> {
+        self.promises.iter().find(|p| p.proposal.target == target)
+    }
+
+    /// A live promise on `lane` for a target other than `target`.
+    pub fn lane_holder(&self, lane: u8, target: MemberId) -> Option<&Promise> {
+        self.promises
+            .iter()
+            .find(|p| p.proposal.lane == lane && p.proposal.target != target)
+    }
+
+    /// Records a granted promise (replacing nothing: the caller checked there is none).
+    pub fn grant(&mut self, promise: Promise) {
+        assert!(
+            self.promise_for(promise.proposal.target).is_none(),
+            "a second live promise on one target would allow two quorums"
+        );
+        self.promises.push(promise);
+    }
+
+    /// Drops the promise for exactly this proposal. Returns whether one was held.
+    pub fn release(&mut self, proposal: &Proposal) -> bool {
+        let before = self.promises.len();
+        self.promises.retain(|p| &p.proposal != proposal);
+        before != self.promises.len()
+    }
+
+    /// The reservation of `slot`, if held.
+    pub fn slot(&self, slot: u8) -> Option<&SlotReservation> {
+        self.slots.iter().find(|s| s.slot == slot)
+    }
+
+    /// Whether `slot` may be used for `target` in `boot`: free, or already reserved for that very
+    /// target boot (a retry spends no new budget).
+    pub fn slot_usable(&self, slot: u8, target: MemberId, boot: BootId) -> bool {
+        match self.slot(slot) {
+            None => true,
+            Some(r) => r.target == target && r.target_boot == boot,
+        }
+    }
+
+    /// Reserves `slot` (or refreshes `started` on an existing reservation for the same target).
+    pub fn reserve_slot(&mut self, slot: u8, target: MemberId, boot: BootId, now: Instant, started: bool) {
+        if let Some(r) = self.slots.iter_mut().find(|s| s.slot == slot) {
+            assert!(
+                r.target == target && r.target_boot == boot,
+                "budget slot reserved twice in one window"
+            );
+            r.started |= started;
+            return;
+        }
+        self.slots.push(SlotReservation {
+            slot,
+            target,
+            target_boot: boot,
+            reserved_at: now,
+            started,
+        });
+    }
+
+    /// Frees a reservation that never saw a fence start (its round was released).
+    pub fn free_unstarted_slot(&mut self, slot: u8, target: MemberId, boot: BootId) -> bool {
+        let before = self.slots.len();
+        self.slots
+            .retain(|s| !(s.slot == slot && s.target == target && s.target_boot == boot && !s.started));
+        before != self.slots.len()
+    }
+
+    /// Drops lapsed promises and slot reservations older than `budget_window`. Returns whether
+    /// anything changed.
+    pub fn expire(&mut self, now: Instant, budget_window: std::time::Duration) -> bool {
+        let before = (self.promises.len(), self.slots.len());
+        self.promises.retain(|p| p.expires_at > now);
+        self.slots
+            .retain(|s| now.saturating_since(s.reserved_at) < budget_window);
+        before != (self.promises.len(), self.slots.len())
+    }
+
+    /// The boot of `member` last confirmed fenced.
+    pub fn fenced_boot(&self, member: MemberId) -> Option<BootId> {
+        self.fenced
+            .iter()
+            .find(|f| f.member == member)
+            .map(|f| f.boot)
+    }
+
+    /// Records that `member` was fenced in `boot`.
+    pub fn record_fenced(&mut self, member: MemberId, boot: BootId) -> bool {
+        match self.fenced.iter_mut().find(|f| f.member == member) {
+            Some(f) if f.boot == boot => false,
+            Some(f) => {
+                f.boot = boot;
+                true
+            }
+            None => {
+                self.fenced.push(FencedBoot { member, boot });
+                true
+            }
+        }
+    }
+
+    /// Appends a fence record, dropping the oldest beyond [`FENCE_LOG_MAX`].
+    pub fn log_fence(&mut self, record: FenceRecord) {
+        self.fence_log.push_back(record);
+        while self.fence_log.len() > FENCE_LOG_MAX {
+            self.fence_log.pop_front();
+        }
+    }
+
+    /// Maintenance flag of `member`.
+    pub fn maintenance(&self, member: MemberId) -> Option<&MaintenanceState> {
+        self.maintenance.iter().find(|m| m.member == member)
+    }
+
+    /// Whether `member` is in maintenance.
+    pub fn in_maintenance(&self, member: MemberId) -> bool {
+        self.maintenance(member).is_some_and(|m| m.on)
+    }
+
+    /// Applies a maintenance update if newer. Returns whether it changed anything.
+    pub fn apply_maintenance(&mut self, update: MaintenanceState) -> bool {
+        match self.maintenance.iter_mut().find(|m| m.member == update.member) {
+            Some(m) if m.version >= update.version => false,
+            Some(m) => {
+                *m = update;
+                true
+            }
+            None => {
+                self.maintenance.push(update);
+                true
+            }
+        }
+    }
+
+    /// Applies an arm update if newer. Returns whether it changed anything.
+    pub fn apply_arm(&mut self, update: ArmState) -> bool {
+        if update.version > self.armed.version {
+            self.armed = update;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Highest flag counter seen, for a new local version.
+    pub fn max_flag_counter(&self) -> u64 {
+        self.maintenance
+            .iter()
+            .map(|m| m.version.counter)
+            .chain(std::iter::once(self.armed.version.counter))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerfence_proto::{FenceKind, Round, Signature, VoteEvidence};
+    use std::time::Duration;
+
+    fn proposal(target: u16, lane: u8) -> Proposal {
+        Proposal {
+            target: MemberId(target),
+            target_boot: BootId([target as u8; 16]),
+            proposer: MemberId(0),
+            round: Round::new(1, 1),
+            kind: FenceKind::Fence,
+            budget_slot: Some(0),
+            lane,
+        }
+    }
+
+    fn promise(target: u16, at: u64, ttl: u64) -> Promise {
+        Promise {
+            proposal: proposal(target, 0),
+            granted_at: Instant::from_micros(at),
+            expires_at: Instant::from_micros(at + ttl),
+            vote: SignedVote {
+                voter: MemberId(1),
+                evidence: VoteEvidence {
+                    voter_healthy: true,
+                    target_down_ms: 0,
+                    heartbeat_stalled_ms: 0,
+                },
+                signature: Signature::from_bytes([0; 64]),
+            },
+        }
+    }
+
+    #[test]
+    fn encode_roundtrip_and_corruption() {
+        let mut s = DurableState::new();
+        s.grant(promise(2, 10, 100));
+        s.reserve_slot(0, MemberId(2), BootId([2; 16]), Instant::from_micros(10), false);
+        let bytes = s.encode();
+        assert_eq!(DurableState::decode(&bytes).unwrap(), s);
+        assert!(DurableState::decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(DurableState::decode(&extra).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "second live promise")]
+    fn two_promises_on_one_target_are_a_bug() {
+        let mut s = DurableState::new();
+        s.grant(promise(2, 0, 10));
+        s.grant(promise(2, 0, 10));
+    }
+
+    #[test]
+    fn rebase_after_reboot_never_shortens() {
+        let mut s = DurableState::new();
+        s.boot = Some(BootId([1; 16]));
+        s.grant(promise(2, 1_000_000, 30_000_000));
+        s.reserve_slot(0, MemberId(2), BootId([2; 16]), Instant::from_micros(1_000_000), true);
+        // Same boot: unchanged.
+        let mut same = s.clone();
+        same.rebase(BootId([1; 16]), Instant::from_micros(5));
+        assert_eq!(same, s);
+        // New boot, monotonic clock restarted near zero: full lengths from now.
+        s.rebase(BootId([7; 16]), Instant::from_micros(50));
+        assert_eq!(s.promises[0].expires_at, Instant::from_micros(30_000_050));
+        assert_eq!(s.slots[0].reserved_at, Instant::from_micros(50));
+    }
+
+    #[test]
+    fn expiry_and_slot_rules() {
+        let mut s = DurableState::new();
+        let boot = BootId([2; 16]);
+        s.grant(promise(2, 0, 10));
+        s.reserve_slot(1, MemberId(2), boot, Instant::ZERO, false);
+        assert!(s.slot_usable(1, MemberId(2), boot));
+        assert!(!s.slot_usable(1, MemberId(3), boot));
+        assert!(s.slot_usable(0, MemberId(3), boot));
+        assert!(s.expire(Instant::from_micros(10), Duration::from_secs(1)));
+        assert!(s.promises.is_empty());
+        assert_eq!(s.slots.len(), 1);
+        assert!(s.free_unstarted_slot(1, MemberId(2), boot));
+        s.reserve_slot(1, MemberId(2), boot, Instant::ZERO, true);
+        assert!(!s.free_unstarted_slot(1, MemberId(2), boot), "started slots stay spent");
+        s.expire(Instant::from_micros(1_000_000), Duration::from_secs(1));
+        assert!(s.slots.is_empty(), "the window passed");
+    }
+
+    #[test]
+    fn flags_converge_on_the_newest_version() {
+        let mut s = DurableState::new();
+        let v = |counter, by| FlagVersion { counter, by: MemberId(by) };
+        assert!(s.apply_arm(ArmState { armed: false, version: v(3, 1) }));
+        assert!(!s.apply_arm(ArmState { armed: true, version: v(2, 4) }));
+        assert!(s.apply_arm(ArmState { armed: true, version: v(3, 2) }));
+        assert!(s.armed.armed);
+        assert!(s.apply_maintenance(MaintenanceState { member: MemberId(1), on: true, version: v(4, 0) }));
+        assert!(s.in_maintenance(MemberId(1)));
+        assert_eq!(s.max_flag_counter(), 4);
+    }
+
+    #[test]
+    fn fence_log_is_bounded() {
+        let mut s = DurableState::new();
+        let qc = QuorumCertificate { proposal: proposal(2, 0), votes: vec![] };
+        for i in 0..(FENCE_LOG_MAX + 10) {
+            s.log_fence(FenceRecord {
+                qc: qc.clone(),
+                attempt: i as u16,
+                started_at: Instant::ZERO,
+                deadline: Instant::ZERO,
+                outcome: None,
+            });
+        }
+        assert_eq!(s.fence_log.len(), FENCE_LOG_MAX);
+        assert_eq!(s.fence_log[0].attempt, 10);
+    }
+}

@@ -1,0 +1,232 @@
+//! What this host sees of its peers' storage heartbeats.
+//!
+//! A peer is *storage-alive* in this host's view when its counter (or boot id) changed within
+//! `activity_timeout`, measured on this host's own monotonic clock. It is *stalled* only with
+//! positive evidence: on every path this host read the peer's slot recently and saw no change for
+//! at least `activity_timeout`. Anything else (this host's own reads failing, not observed long
+//! enough yet) is *unknown*, and unknown never justifies a fence.
+
+use crate::config::Config;
+use crate::time::Instant;
+use peerfence_proto::{BootId, HeartbeatRecord};
+use std::time::Duration;
+
+/// A peer's storage liveness in this host's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The counter changed within `activity_timeout`.
+    Alive,
+    /// No change on any path for at least `activity_timeout`, with fresh reads on every path.
+    Stalled {
+        /// Since when (the latest last-change across paths).
+        since: Instant,
+    },
+    /// Not enough evidence either way.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PathView {
+    value: Option<(BootId, u64)>,
+    first_read_at: Option<Instant>,
+    last_read_at: Option<Instant>,
+    last_change_at: Option<Instant>,
+}
+
+/// One peer's heartbeat observations.
+#[derive(Debug, Clone)]
+pub struct PeerHeartbeat {
+    paths: Vec<PathView>,
+    boot: Option<BootId>,
+}
+
+/// What an observation revealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Nothing new.
+    Same,
+    /// The counter moved.
+    Advanced,
+    /// A boot id other than the previously seen one: the previous instance is gone.
+    NewBoot {
+        /// Boot seen before.
+        old: BootId,
+        /// Boot seen now.
+        new: BootId,
+    },
+    /// First value ever seen.
+    First,
+}
+
+impl PeerHeartbeat {
+    /// Nothing observed yet.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            paths: vec![PathView::default(); config.storage.paths.len()],
+            boot: None,
+        }
+    }
+
+    /// Records one successful read of the peer's slot on `path` (`None`: the slot is empty).
+    pub fn observe(&mut self, now: Instant, path: usize, record: Option<HeartbeatRecord>) -> Observed {
+        let Some(p) = self.paths.get_mut(path) else {
+            return Observed::Same;
+        };
+        if p.first_read_at.is_none() {
+            p.first_read_at = Some(now);
+        }
+        p.last_read_at = Some(now);
+        let value = record.map(|r| (r.boot, r.counter));
+        let result = match (p.value, value) {
+            (old, new) if old == new => Observed::Same,
+            (None, Some(_)) => Observed::First,
+            _ => Observed::Advanced,
+        };
+        if result != Observed::Same {
+            p.value = value;
+            // The very first value says nothing about when it was written.
+            if result == Observed::Advanced {
+                p.last_change_at = Some(now);
+            }
+        }
+        if let Some((boot, _)) = value {
+            match self.boot {
+                Some(old) if old != boot => {
+                    self.boot = Some(boot);
+                    return Observed::NewBoot { old, new: boot };
+                }
+                None => self.boot = Some(boot),
+                _ => {}
+            }
+        }
+        result
+    }
+
+    /// The peer's boot as last seen on storage.
+    pub fn boot(&self) -> Option<BootId> {
+        self.boot
+    }
+
+    /// Liveness now.
+    pub fn liveness(&self, config: &Config, now: Instant) -> Liveness {
+        let activity = config.storage.activity_timeout;
+        // Reads are fresh when one happened within two intervals plus a write timeout (a read
+        // can be as slow as a write).
+        let fresh = config.storage.heartbeat_interval * 2 + config.storage.write_timeout;
+        let mut all_stalled = true;
+        let mut since = Instant::ZERO;
+        for p in &self.paths {
+            if let Some(changed) = p.last_change_at
+                && now.saturating_since(changed) < activity
+            {
+                return Liveness::Alive;
+            }
+            let fresh_read = p
+                .last_read_at
+                .is_some_and(|t| now.saturating_since(t) <= fresh);
+            let quiet_from = match (p.last_change_at, p.first_read_at) {
+                (Some(c), _) => Some(c),
+                (None, first) => first,
+            };
+            match quiet_from {
+                Some(q) if fresh_read && now.saturating_since(q) >= activity => {
+                    since = since.max(q);
+                }
+                _ => all_stalled = false,
+            }
+        }
+        if all_stalled && !self.paths.is_empty() {
+            Liveness::Stalled { since }
+        } else {
+            Liveness::Unknown
+        }
+    }
+
+    /// The most recent change seen on any path.
+    pub fn last_change(&self) -> Option<Instant> {
+        self.paths.iter().filter_map(|p| p.last_change_at).max()
+    }
+
+    /// Time since the last change on any path (or since observation began), for evidence.
+    pub fn stalled_for(&self, now: Instant) -> Duration {
+        let from = self
+            .paths
+            .iter()
+            .filter_map(|p| p.last_change_at.or(p.first_read_at))
+            .max();
+        from.map(|t| now.saturating_since(t)).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::config;
+    use peerfence_proto::MemberId;
+
+    fn at(s: f64) -> Instant {
+        Instant::from_micros((s * 1e6) as u64)
+    }
+
+    fn rec(boot: u8, counter: u64) -> Option<HeartbeatRecord> {
+        Some(HeartbeatRecord {
+            member: MemberId(1),
+            boot: BootId([boot; 16]),
+            counter,
+        })
+    }
+
+    #[test]
+    fn alive_while_the_counter_moves_stalled_after_activity_timeout() {
+        let cfg = config(5); // activity 5 s, interval 1 s, write timeout 2 s
+        let mut hb = PeerHeartbeat::new(&cfg);
+        assert_eq!(hb.observe(at(0.0), 0, rec(1, 10)), Observed::First);
+        assert_eq!(hb.liveness(&cfg, at(0.0)), Liveness::Unknown, "one value proves nothing");
+        assert_eq!(hb.observe(at(1.0), 0, rec(1, 11)), Observed::Advanced);
+        assert_eq!(hb.liveness(&cfg, at(1.0)), Liveness::Alive);
+        for i in 2..=6 {
+            assert_eq!(hb.observe(at(i as f64), 0, rec(1, 11)), Observed::Same);
+        }
+        assert_eq!(hb.liveness(&cfg, at(5.9)), Liveness::Alive);
+        assert_eq!(hb.liveness(&cfg, at(6.0)), Liveness::Stalled { since: at(1.0) });
+        assert_eq!(hb.stalled_for(at(6.0)), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn stale_reads_are_unknown_not_stalled() {
+        let cfg = config(5);
+        let mut hb = PeerHeartbeat::new(&cfg);
+        hb.observe(at(0.0), 0, rec(1, 1));
+        hb.observe(at(1.0), 0, rec(1, 2));
+        // This host's reads stop (its storage failed): no evidence of a stall.
+        assert_eq!(hb.liveness(&cfg, at(10.0)), Liveness::Unknown);
+        hb.observe(at(10.0), 0, rec(1, 2));
+        assert_eq!(hb.liveness(&cfg, at(10.0)), Liveness::Stalled { since: at(1.0) });
+    }
+
+    #[test]
+    fn an_empty_slot_watched_long_enough_is_stalled() {
+        let cfg = config(5);
+        let mut hb = PeerHeartbeat::new(&cfg);
+        for i in 0..=5 {
+            hb.observe(at(i as f64), 0, None);
+        }
+        assert_eq!(hb.liveness(&cfg, at(5.0)), Liveness::Stalled { since: at(0.0) });
+    }
+
+    #[test]
+    fn a_new_boot_is_reported_and_is_life() {
+        let cfg = config(5);
+        let mut hb = PeerHeartbeat::new(&cfg);
+        hb.observe(at(0.0), 0, rec(1, 50));
+        hb.observe(at(1.0), 0, rec(1, 51));
+        for i in 2..=8 {
+            hb.observe(at(i as f64), 0, rec(1, 51));
+        }
+        assert!(matches!(hb.liveness(&cfg, at(8.0)), Liveness::Stalled { .. }));
+        let seen = hb.observe(at(9.0), 0, rec(2, 1));
+        assert_eq!(seen, Observed::NewBoot { old: BootId([1; 16]), new: BootId([2; 16]) });
+        assert_eq!(hb.boot(), Some(BootId([2; 16])));
+        assert_eq!(hb.liveness(&cfg, at(9.0)), Liveness::Alive);
+    }
+}

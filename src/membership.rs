@@ -1,0 +1,430 @@
+//! SWIM membership: foca inside the core, fed with our codec, our timers and our broadcasts.
+//!
+//! foca is sans-IO like the rest of the core. It asks for packets to be sent and timers to be
+//! scheduled through a [`foca::Runtime`]; ours records sends in a queue and timers in an ordered
+//! map keyed by (deadline, submission number), so every timer comes back, in deadline order and,
+//! for equal deadlines, in the order foca asked for them. Custom broadcasts (health, flags,
+//! outcomes, leave notices) pass through [`Handler`], which decodes them, keeps only news, and
+//! hands them to the node through a small inbox.
+
+use crate::config::Config;
+use crate::time::Instant;
+use bytes::Bytes;
+use foca::{BroadcastHandler, Foca, Invalidates, OwnedNotification, Runtime, State, Timer};
+use peerfence_proto::swim::SwimCodec;
+use peerfence_proto::{Broadcast, DecodeError, FlagVersion, Ident, MemberId, Round};
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use std::collections::{BTreeMap, VecDeque};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Broadcast items queued for the node at most (one packet carries far fewer).
+const INBOX_MAX: usize = 4096;
+/// Outcome keys remembered for de-duplication.
+const OUTCOME_KEYS_MAX: usize = 512;
+/// Timers fired per call at most; foca never schedules zero-delay chains, this bounds a bug.
+const TIMERS_PER_CALL_MAX: usize = 10_000;
+
+/// SWIM state of a member in this node's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum SwimState {
+    /// Never heard of since this node started.
+    Unknown,
+    /// Active.
+    Alive,
+    /// Active but suspected; treated as alive.
+    Suspect,
+    /// Declared down.
+    Down,
+}
+
+/// Identifies a broadcast for foca's dissemination queue: a newer item for the same key replaces
+/// the older one still being disseminated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BroadcastKey {
+    /// Health of a member.
+    Health(MemberId),
+    /// The arm switch.
+    Arm,
+    /// Maintenance flag of a member.
+    Maintenance(MemberId),
+    /// Outcome of one round.
+    Outcome(MemberId, MemberId, Round),
+    /// Leave notice of a member.
+    Leave(MemberId),
+}
+
+impl Invalidates for BroadcastKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+/// A broadcast item that did not decode or names an unknown member.
+#[derive(Debug, thiserror::Error)]
+#[error("bad broadcast item: {0}")]
+pub struct BadBroadcast(String);
+
+type Inbox = Arc<Mutex<VecDeque<Broadcast>>>;
+
+/// Decides which broadcast items are news, and queues them for the node.
+pub struct Handler {
+    n: usize,
+    health: Vec<Option<(u32, u64)>>,
+    arm: Option<FlagVersion>,
+    maintenance: Vec<Option<FlagVersion>>,
+    leave: Vec<Option<u32>>,
+    outcomes: VecDeque<(MemberId, MemberId, Round)>,
+    inbox: Inbox,
+    dropped: u64,
+}
+
+impl Handler {
+    fn new(n: usize, inbox: Inbox) -> Self {
+        Self {
+            n,
+            health: vec![None; n],
+            arm: None,
+            maintenance: vec![None; n],
+            leave: vec![None; n],
+            outcomes: VecDeque::new(),
+            inbox,
+            dropped: 0,
+        }
+    }
+
+    fn member(&self, m: MemberId) -> Result<usize, BadBroadcast> {
+        if m.index() < self.n {
+            Ok(m.index())
+        } else {
+            Err(BadBroadcast(format!("unknown member {m}")))
+        }
+    }
+
+    /// Returns the key if `item` is news (and records it as known).
+    fn news(&mut self, item: &Broadcast) -> Result<Option<BroadcastKey>, BadBroadcast> {
+        Ok(match item {
+            Broadcast::Health(h) => {
+                let i = self.member(h.member)?;
+                let v = (h.generation, h.seq);
+                if self.health[i].is_some_and(|known| known >= v) {
+                    None
+                } else {
+                    self.health[i] = Some(v);
+                    Some(BroadcastKey::Health(h.member))
+                }
+            }
+            Broadcast::Arm(a) => {
+                if self.arm.is_some_and(|known| known >= a.version) {
+                    None
+                } else {
+                    self.arm = Some(a.version);
+                    Some(BroadcastKey::Arm)
+                }
+            }
+            Broadcast::Maintenance(m) => {
+                let i = self.member(m.member)?;
+                if self.maintenance[i].is_some_and(|known| known >= m.version) {
+                    None
+                } else {
+                    self.maintenance[i] = Some(m.version);
+                    Some(BroadcastKey::Maintenance(m.member))
+                }
+            }
+            Broadcast::Outcome(o) => {
+                self.member(o.proposal.target)?;
+                self.member(o.proposal.proposer)?;
+                let key = (o.proposal.target, o.proposal.proposer, o.proposal.round);
+                if self.outcomes.contains(&key) {
+                    None
+                } else {
+                    self.outcomes.push_back(key);
+                    if self.outcomes.len() > OUTCOME_KEYS_MAX {
+                        self.outcomes.pop_front();
+                    }
+                    Some(BroadcastKey::Outcome(key.0, key.1, key.2))
+                }
+            }
+            Broadcast::Leave(l) => {
+                let i = self.member(l.member)?;
+                if self.leave[i].is_some_and(|known| known >= l.generation) {
+                    None
+                } else {
+                    self.leave[i] = Some(l.generation);
+                    Some(BroadcastKey::Leave(l.member))
+                }
+            }
+        })
+    }
+}
+
+impl BroadcastHandler<Ident> for Handler {
+    type Key = BroadcastKey;
+    type Error = BadBroadcast;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&Ident>,
+    ) -> Result<Option<Self::Key>, Self::Error> {
+        let item = peerfence_proto::decode_broadcast(data)
+            .map_err(|e: DecodeError| BadBroadcast(e.to_string()))?;
+        let key = self.news(&item)?;
+        if key.is_some() {
+            // The lock is never contended: only the node's own thread touches it, between calls.
+            let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+            if inbox.len() < INBOX_MAX {
+                inbox.push_back(item);
+            } else {
+                self.dropped += 1;
+            }
+        }
+        Ok(key)
+    }
+}
+
+/// Why a SWIM packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwimDrop {
+    /// The SWIM header names a sender other than the authenticated peer.
+    SenderMismatch,
+    /// foca rejected it (malformed, from ourselves, too big, bad broadcast).
+    Rejected(&'static str),
+}
+
+struct Rt<'a> {
+    now: Instant,
+    sends: &'a mut Vec<(MemberId, Bytes)>,
+    timers: &'a mut BTreeMap<(Instant, u64), Timer<Ident>>,
+    timer_seq: &'a mut u64,
+    notes: &'a mut Vec<OwnedNotification<Ident>>,
+}
+
+impl Runtime<Ident> for Rt<'_> {
+    fn notify(&mut self, notification: foca::Notification<'_, Ident>) {
+        self.notes.push(notification.to_owned());
+    }
+
+    fn send_to(&mut self, to: Ident, data: &[u8]) {
+        self.sends.push((to.member, Bytes::copy_from_slice(data)));
+    }
+
+    fn submit_after(&mut self, event: Timer<Ident>, after: Duration) {
+        *self.timer_seq += 1;
+        self.timers.insert((self.now + after, *self.timer_seq), event);
+    }
+}
+
+/// foca plus everything it needs from us.
+pub struct Membership {
+    foca: Foca<Ident, SwimCodec, ChaCha8Rng, Handler>,
+    inbox: Inbox,
+    timers: BTreeMap<(Instant, u64), Timer<Ident>>,
+    timer_seq: u64,
+    sends: Vec<(MemberId, Bytes)>,
+    notes: Vec<OwnedNotification<Ident>>,
+    me: MemberId,
+    n: usize,
+    errors: u64,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Membership({:?}, {} timers)", self.foca.identity(), self.timers.len())
+    }
+}
+
+/// foca configuration from ours.
+pub fn foca_config(config: &Config) -> foca::Config {
+    let s = &config.swim;
+    let mut c = foca::Config::simple();
+    c.probe_period = s.probe_period;
+    c.probe_rtt = s.probe_rtt;
+    c.num_indirect_probes = NonZeroUsize::new(usize::from(s.num_indirect_probes.get()))
+        .unwrap_or(NonZeroUsize::MIN);
+    c.max_transmissions = s.max_transmissions;
+    c.suspect_to_down_after = s.suspect_to_down_after;
+    // Members rejoin with a new generation, so forgetting Down identities is only a memory
+    // matter; a day keeps it bounded by the number of restarts per day.
+    c.remove_down_after = Some(Duration::from_secs(24 * 3600));
+    c.max_packet_size = NonZeroUsize::new(usize::from(s.max_packet_bytes)).unwrap_or(NonZeroUsize::MIN);
+    c.notify_down_members = true;
+    c.periodic_announce = Some(foca::PeriodicParams {
+        frequency: Duration::from_secs(30),
+        num_members: NonZeroUsize::MIN,
+    });
+    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: s.announce_period,
+        num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+    });
+    c.periodic_gossip = Some(foca::PeriodicParams {
+        frequency: s.gossip_period,
+        num_members: NonZeroUsize::new(usize::from(s.gossip_fanout.get())).unwrap_or(NonZeroUsize::MIN),
+    });
+    c
+}
+
+impl Membership {
+    /// A member running as `me` with `generation`, randomness from `seed`.
+    pub fn new(config: &Config, me: MemberId, generation: u32, seed: u64) -> Self {
+        let inbox: Inbox = Arc::default();
+        let handler = Handler::new(config.n(), inbox.clone());
+        let foca = Foca::with_custom_broadcast(
+            Ident { member: me, generation },
+            foca_config(config),
+            ChaCha8Rng::seed_from_u64(seed),
+            SwimCodec,
+            handler,
+        );
+        Self {
+            foca,
+            inbox,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            sends: Vec::new(),
+            notes: Vec::new(),
+            me,
+            n: config.n(),
+            errors: 0,
+        }
+    }
+
+    fn rt(&mut self, now: Instant) -> (Rt<'_>, &mut Foca<Ident, SwimCodec, ChaCha8Rng, Handler>) {
+        (
+            Rt {
+                now,
+                sends: &mut self.sends,
+                timers: &mut self.timers,
+                timer_seq: &mut self.timer_seq,
+                notes: &mut self.notes,
+            },
+            &mut self.foca,
+        )
+    }
+
+    /// Current identity (changes when foca rejoins after being declared down).
+    pub fn identity(&self) -> Ident {
+        *self.foca.identity()
+    }
+
+    /// Announces to every configured member that is not active in our view: how a node joins at
+    /// start, and how it finds members it has never heard of later.
+    pub fn announce_to_inactive(&mut self, now: Instant) {
+        let active: Vec<MemberId> = self.foca.iter_members().map(|m| m.id().member).collect();
+        for i in 0..self.n {
+            let m = MemberId(i as u16);
+            if m == self.me || active.contains(&m) {
+                continue;
+            }
+            let (mut rt, foca) = self.rt(now);
+            // The destination generation is irrelevant for Announce (foca accepts any identity
+            // with its address).
+            if foca.announce(Ident { member: m, generation: 0 }, &mut rt).is_err() {
+                self.errors += 1;
+            }
+        }
+    }
+
+    /// Handles one SWIM packet from the authenticated peer `from`.
+    pub fn handle_packet(&mut self, now: Instant, from: MemberId, packet: &[u8]) -> Result<(), SwimDrop> {
+        let mut peek = packet;
+        let header = foca::Codec::decode_header(&mut SwimCodec, &mut peek)
+            .map_err(|_| SwimDrop::Rejected("malformed"))?;
+        if header.src.member != from {
+            return Err(SwimDrop::SenderMismatch);
+        }
+        let (mut rt, foca) = self.rt(now);
+        foca.handle_data(packet, &mut rt).map_err(|e| {
+            SwimDrop::Rejected(match e {
+                foca::Error::DataTooBig => "too_big",
+                foca::Error::DataFromOurselves => "from_ourselves",
+                foca::Error::MalformedPacket => "malformed",
+                foca::Error::Decode(_) => "malformed",
+                foca::Error::CustomBroadcast(_) => "bad_broadcast",
+                _ => "rejected",
+            })
+        })
+    }
+
+    /// Fires every timer due at `now`, in order.
+    pub fn fire_timers(&mut self, now: Instant) {
+        for _ in 0..TIMERS_PER_CALL_MAX {
+            let Some(entry) = self.timers.first_entry() else {
+                return;
+            };
+            if entry.key().0 > now {
+                return;
+            }
+            let timer = entry.remove();
+            let (mut rt, foca) = self.rt(now);
+            if foca.handle_timer(timer, &mut rt).is_err() {
+                self.errors += 1;
+            }
+        }
+    }
+
+    /// When the next timer is due.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(t, _)| *t)
+    }
+
+    /// Queues a broadcast item for dissemination.
+    pub fn broadcast(&mut self, item: &Broadcast) {
+        match peerfence_proto::encode_broadcast(item) {
+            Ok(bytes) => {
+                if self.foca.add_broadcast(&bytes).is_err() {
+                    self.errors += 1;
+                }
+            }
+            Err(_) => self.errors += 1,
+        }
+    }
+
+    /// Leaves the cluster (declares our own identity down).
+    pub fn leave(&mut self, now: Instant) {
+        let (mut rt, foca) = self.rt(now);
+        if foca.leave_cluster(&mut rt).is_err() {
+            self.errors += 1;
+        }
+    }
+
+    /// Packets to send.
+    pub fn take_sends(&mut self) -> Vec<(MemberId, Bytes)> {
+        std::mem::take(&mut self.sends)
+    }
+
+    /// News from broadcasts (including our own items).
+    pub fn take_inbox(&mut self) -> Vec<Broadcast> {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        inbox.drain(..).collect()
+    }
+
+    /// Discards foca notifications: the node reads states directly (Suspect has none).
+    pub fn clear_notifications(&mut self) {
+        self.notes.clear();
+    }
+
+    /// State and generation of every member in our view (`Unknown` for never heard of).
+    pub fn states(&self) -> Vec<(SwimState, u32)> {
+        let mut out = vec![(SwimState::Unknown, 0); self.n];
+        for m in self.foca.iter_membership_state() {
+            let id = m.id();
+            if let Some(slot) = out.get_mut(id.member.index()) {
+                let s = match m.state() {
+                    State::Alive => SwimState::Alive,
+                    State::Suspect => SwimState::Suspect,
+                    State::Down => SwimState::Down,
+                };
+                *slot = (s, id.generation);
+            }
+        }
+        out
+    }
+
+    /// Internal errors counted (should stay zero).
+    pub fn errors(&self) -> u64 {
+        self.errors
+    }
+}
