@@ -249,15 +249,32 @@ impl DurableState {
         }
     }
 
-    /// Reserves `slot` (or refreshes `started` on an existing reservation for the same target).
-    pub fn reserve_slot(&mut self, slot: u8, target: MemberId, boot: BootId, now: Instant, started: bool) {
+    /// Reserves `slot` for `target` in `boot`, or marks an existing reservation for that target
+    /// boot as started. A reservation of the slot for another target is replaced and returned:
+    /// callers that vote check [`Self::slot_usable`] first, so only a verified certificate (which
+    /// outranks a local reservation from a round that cannot also have reached quorum) replaces.
+    pub fn reserve_slot(
+        &mut self,
+        slot: u8,
+        target: MemberId,
+        boot: BootId,
+        now: Instant,
+        started: bool,
+    ) -> Option<SlotReservation> {
         if let Some(r) = self.slots.iter_mut().find(|s| s.slot == slot) {
-            assert!(
-                r.target == target && r.target_boot == boot,
-                "budget slot reserved twice in one window"
-            );
-            r.started |= started;
-            return;
+            if r.target == target && r.target_boot == boot {
+                r.started |= started;
+                return None;
+            }
+            let replaced = r.clone();
+            *r = SlotReservation {
+                slot,
+                target,
+                target_boot: boot,
+                reserved_at: now,
+                started,
+            };
+            return Some(replaced);
         }
         self.slots.push(SlotReservation {
             slot,
@@ -266,6 +283,7 @@ impl DurableState {
             reserved_at: now,
             started,
         });
+        None
     }
 
     /// Frees a reservation that never saw a fence start (its round was released).

@@ -33,11 +33,11 @@ struct PathView {
     last_change_at: Option<Instant>,
 }
 
-/// One peer's heartbeat observations.
+/// One peer's heartbeat observations. (Which boot is the peer's current one is decided by the
+/// node from every source, ordered by daemon generation; here a boot change is just a change.)
 #[derive(Debug, Clone)]
 pub struct PeerHeartbeat {
     paths: Vec<PathView>,
-    boot: Option<BootId>,
 }
 
 /// What an observation revealed.
@@ -45,15 +45,8 @@ pub struct PeerHeartbeat {
 pub enum Observed {
     /// Nothing new.
     Same,
-    /// The counter moved.
+    /// The counter (or boot) moved.
     Advanced,
-    /// A boot id other than the previously seen one: the previous instance is gone.
-    NewBoot {
-        /// Boot seen before.
-        old: BootId,
-        /// Boot seen now.
-        new: BootId,
-    },
     /// First value ever seen.
     First,
 }
@@ -63,7 +56,6 @@ impl PeerHeartbeat {
     pub fn new(config: &Config) -> Self {
         Self {
             paths: vec![PathView::default(); config.storage.paths.len()],
-            boot: None,
         }
     }
 
@@ -89,22 +81,7 @@ impl PeerHeartbeat {
                 p.last_change_at = Some(now);
             }
         }
-        if let Some((boot, _)) = value {
-            match self.boot {
-                Some(old) if old != boot => {
-                    self.boot = Some(boot);
-                    return Observed::NewBoot { old, new: boot };
-                }
-                None => self.boot = Some(boot),
-                _ => {}
-            }
-        }
         result
-    }
-
-    /// The peer's boot as last seen on storage.
-    pub fn boot(&self) -> Option<BootId> {
-        self.boot
     }
 
     /// Liveness now.
@@ -172,6 +149,7 @@ mod tests {
         Some(HeartbeatRecord {
             member: MemberId(1),
             boot: BootId([boot; 16]),
+            generation: u32::from(boot),
             counter,
         })
     }
@@ -215,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_boot_is_reported_and_is_life() {
+    fn a_new_boot_is_life() {
         let cfg = config(5);
         let mut hb = PeerHeartbeat::new(&cfg);
         hb.observe(at(0.0), 0, rec(1, 50));
@@ -224,9 +202,7 @@ mod tests {
             hb.observe(at(i as f64), 0, rec(1, 51));
         }
         assert!(matches!(hb.liveness(&cfg, at(8.0)), Liveness::Stalled { .. }));
-        let seen = hb.observe(at(9.0), 0, rec(2, 1));
-        assert_eq!(seen, Observed::NewBoot { old: BootId([1; 16]), new: BootId([2; 16]) });
-        assert_eq!(hb.boot(), Some(BootId([2; 16])));
+        assert_eq!(hb.observe(at(9.0), 0, rec(2, 1)), Observed::Advanced);
         assert_eq!(hb.liveness(&cfg, at(9.0)), Liveness::Alive);
     }
 }

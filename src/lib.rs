@@ -13,7 +13,9 @@ pub mod durable;
 pub mod health;
 pub mod heartbeat;
 pub mod membership;
+pub mod node;
 pub mod quorum;
+pub mod rules;
 pub mod time;
 
 #[cfg(test)]

@@ -228,6 +228,9 @@ pub enum Evidence {
         /// Fence level (the poison pill level) that confirmed.
         level: u8,
     },
+    /// The target self-fenced under a certificate (stopping its watchdog at once), is Down and
+    /// silent on storage, and its watchdog deadline (with drift margin) has passed.
+    SelfFenceDeadline,
 }
 
 /// Why a fence attempt failed.

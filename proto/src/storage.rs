@@ -15,6 +15,9 @@ pub struct HeartbeatRecord {
     pub member: MemberId,
     /// Writer's boot; a new boot proves the previous instance is gone.
     pub boot: BootId,
+    /// Writer's daemon generation. It grows with every daemon start, so it orders boots: a
+    /// record from a lower generation is stale and never counts as a new boot.
+    pub generation: u32,
     /// Grows with every write.
     pub counter: u64,
 }

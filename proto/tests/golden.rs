@@ -179,6 +179,7 @@ fn golden_storage_records() {
         body: StorageBody::Heartbeat(HeartbeatRecord {
             member: MemberId(2),
             boot: BootId([0x11; 16]),
+            generation: 3,
             counter: 1_000_000,
         }),
     };
@@ -238,7 +239,7 @@ const GOLDEN_SWIM: &str = "010870726f642d6b766dfdefcdab8967452301010006010203faf
 const GOLDEN_HEALTH: &str = "000204fb2c012a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a000200010002";
 const GOLDEN_ARM: &str = "01000700";
 const GOLDEN_MAINTENANCE: &str = "0203010801";
-const GOLDEN_HEARTBEAT: &str = "010870726f642d6b766d2a000211111111111111111111111111111111fc40420f00";
+const GOLDEN_HEARTBEAT: &str = "010870726f642d6b766d2a00021111111111111111111111111111111103fc40420f00";
 const GOLDEN_SWIM_HEADER: &str = "0103020400000902010501";
 const GOLDEN_CONTACT: &str = "010870726f642d6b766dfdefcdab89674523010107333333333333333333333333333333334d";
 const GOLDEN_CONTACT_ACK: &str = "010870726f642d6b766dfdefcdab896745230101084d00";

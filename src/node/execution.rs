@@ -1,0 +1,472 @@
+//! Carrying out a fence under a certificate: levels in order, confirmation, outcome.
+//!
+//! Before each level the target is checked again; storage life aborts the attempt. An agent level
+//! runs `off`, then `status` until Off, within its timeout; a timeout is a failure. The poison-pill
+//! level writes the certificate into the target's slot and confirms only once
+//! [`crate::config::Config::pill_confirm_wait`] has passed with the target's heartbeat still
+//! stopped. A new boot id of the target confirms at any point. Confirmation is persisted before
+//! "safe to recover" is emitted.
+
+use super::{AgentAction, AgentResult, CommandId, Event, FenceCommand, Node, Output};
+use crate::config::{AfterOff, LevelKind};
+use crate::durable::FenceRecord;
+use crate::heartbeat::Liveness;
+use crate::rules::{self, TargetClass};
+use crate::time::Instant;
+use peerfence_proto::{
+    AbortReason, BootId, Evidence, FailReason, FenceKind, FenceOutcome, MemberId, Message,
+    OutcomeResult, Proposal, QuorumCertificate,
+};
+use std::sync::Arc;
+
+/// Where an attempt stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// `off` sent.
+    AwaitOff(CommandId),
+    /// `status` sent.
+    AwaitStatus(CommandId),
+    /// Waiting to ask `status` again.
+    StatusWait { next_poll: Instant },
+    /// Pill write sent.
+    AwaitPill(CommandId),
+    /// Pill written; waiting for the watchdog deadline.
+    PillWait {
+        written_at: Instant,
+        confirm_at: Instant,
+        alive_seen: bool,
+    },
+}
+
+/// A fence attempt this node runs.
+#[derive(Debug, Clone)]
+pub(super) struct Execution {
+    pub qc: Arc<QuorumCertificate>,
+    pub attempt: u16,
+    pub level: usize,
+    pub level_deadline: Instant,
+    pub step: Step,
+    pub pill_written: bool,
+}
+
+/// An attempt this node started before it restarted: it may still be running until `deadline`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Interrupted {
+    pub proposal: Proposal,
+    pub attempt: u16,
+    pub deadline: Instant,
+}
+
+impl Node {
+    /// A quorum agreed: start the attempt (after one last look at the target and at ourselves).
+    pub(super) fn start_execution(&mut self, qc: Arc<QuorumCertificate>) {
+        let p = qc.proposal;
+        let t = p.target;
+        let still_fenceable = rules::classify(&self.target_facts(t)) == TargetClass::Fenceable
+            && self.peers[t.index()].boot == Some(p.target_boot);
+        let still_eligible = rules::eligibility(&self.eligibility_facts()).is_ok();
+        if !still_fenceable || !still_eligible {
+            self.send_all(Message::Release(peerfence_proto::Release { proposal: p }), true);
+            self.release_local(&p);
+            self.emit(Event::RoundAbandoned {
+                proposal: p,
+                refusal: None,
+            });
+            return;
+        }
+        // I1 at the source: whatever happened above, a fence never starts on an invalid
+        // certificate.
+        assert!(
+            self.keys.verify_certificate(&qc).is_ok(),
+            "a fence must never start without a valid quorum certificate"
+        );
+        let peer = &self.peers[t.index()];
+        let attempt = peer.attempts.saturating_add(1);
+        if let Some(s) = p.budget_slot {
+            self.durable
+                .reserve_slot(s, t, p.target_boot, self.now, true);
+        }
+        self.durable.log_fence(FenceRecord {
+            qc: (*qc).clone(),
+            attempt,
+            started_at: self.now,
+            deadline: self.now + self.cfg.attempt_max(),
+            outcome: None,
+        });
+        self.dirty = true;
+        self.persist();
+        self.send_all(Message::Certificate((*qc).clone()), true);
+        self.emit(Event::FenceStarted {
+            qc: qc.clone(),
+            attempt,
+        });
+        self.executions.insert(
+            t,
+            Execution {
+                qc,
+                attempt,
+                level: 0,
+                level_deadline: self.now,
+                step: Step::StatusWait {
+                    next_poll: Instant::ZERO,
+                },
+                pill_written: false,
+            },
+        );
+        self.begin_level(t, 0);
+    }
+
+    fn begin_level(&mut self, t: MemberId, level: usize) {
+        let facts = self.target_facts(t);
+        if facts.maintenance {
+            self.finish(t, OutcomeResult::Aborted(AbortReason::Maintenance));
+            return;
+        }
+        if facts.storage == Liveness::Alive {
+            self.finish(t, OutcomeResult::Aborted(AbortReason::TargetAlive));
+            return;
+        }
+        let cfg = self.cfg.clone();
+        let Some(spec) = cfg.fencing.levels.get(level) else {
+            self.finish(t, OutcomeResult::Failed(FailReason::AllLevelsFailed));
+            return;
+        };
+        let id = self.next_command_id();
+        let Some(exec) = self.executions.get_mut(&t) else {
+            return;
+        };
+        exec.level = level;
+        exec.level_deadline = self.now + cfg.level_budget(spec);
+        let qc = exec.qc.clone();
+        match spec.kind {
+            LevelKind::Agent { timeout } => {
+                exec.step = Step::AwaitOff(id);
+                self.out.push_back(Output::Fence(FenceCommand {
+                    id,
+                    target: t,
+                    level: level as u8,
+                    action: AgentAction::Off,
+                    timeout,
+                    qc,
+                }));
+            }
+            LevelKind::PoisonPill => {
+                exec.step = Step::AwaitPill(id);
+                exec.pill_written = true;
+                self.out.push_back(Output::WritePill { id, target: t, qc });
+            }
+        }
+    }
+
+    fn command_owner(&self, id: CommandId) -> Option<MemberId> {
+        self.executions.iter().find_map(|(t, e)| match e.step {
+            Step::AwaitOff(c) | Step::AwaitStatus(c) | Step::AwaitPill(c) if c == id => Some(*t),
+            _ => None,
+        })
+    }
+
+    fn ask_status(&mut self, t: MemberId) {
+        let id = self.next_command_id();
+        let Some(exec) = self.executions.get_mut(&t) else {
+            return;
+        };
+        let remaining = exec.level_deadline.saturating_since(self.now);
+        exec.step = Step::AwaitStatus(id);
+        let (level, qc) = (exec.level as u8, exec.qc.clone());
+        self.out.push_back(Output::Fence(FenceCommand {
+            id,
+            target: t,
+            level,
+            action: AgentAction::Status,
+            timeout: remaining,
+            qc,
+        }));
+    }
+
+    pub(super) fn on_fence_result(&mut self, id: CommandId, result: AgentResult) {
+        let Some(t) = self.command_owner(id) else {
+            // Late (after its timeout) or for a power-on: nothing depends on it.
+            return;
+        };
+        let Some(exec) = self.executions.get(&t) else {
+            return;
+        };
+        let level = exec.level as u8;
+        match (exec.step, result) {
+            (Step::AwaitOff(_), AgentResult::Done | AgentResult::Power(_)) => self.ask_status(t),
+            (Step::AwaitOff(_), AgentResult::Failed) => self.level_failed(t, false),
+            (Step::AwaitOff(_), AgentResult::TimedOut) => self.level_failed(t, true),
+            (Step::AwaitStatus(_), AgentResult::Power(super::PowerState::Off)) => {
+                self.peers[t.index()].power = super::PowerState::Off;
+                self.finish(t, OutcomeResult::Confirmed(Evidence::PowerOff { level }));
+            }
+            (Step::AwaitStatus(_), _) => {
+                let next_poll = self.now + self.cfg.fencing.status_poll_interval;
+                if let Some(exec) = self.executions.get_mut(&t) {
+                    exec.step = Step::StatusWait { next_poll };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_pill_written(&mut self, id: CommandId, ok: bool) {
+        let Some(t) = self.command_owner(id) else {
+            return;
+        };
+        if !ok {
+            self.level_failed(t, false);
+            return;
+        }
+        let confirm_at = self.now + self.cfg.pill_confirm_wait();
+        if let Some(exec) = self.executions.get_mut(&t) {
+            exec.step = Step::PillWait {
+                written_at: self.now,
+                confirm_at,
+                alive_seen: false,
+            };
+        }
+    }
+
+    pub(super) fn progress_executions(&mut self) {
+        for t in self.executions.keys().copied().collect::<Vec<_>>() {
+            let Some(exec) = self.executions.get(&t) else {
+                continue;
+            };
+            let (step, deadline, level) = (exec.step, exec.level_deadline, exec.level as u8);
+            match step {
+                Step::StatusWait { next_poll } if self.now >= next_poll && self.now < deadline => {
+                    self.ask_status(t);
+                    continue;
+                }
+                Step::PillWait {
+                    written_at,
+                    confirm_at,
+                    alive_seen,
+                } => {
+                    let advanced = self.peers[t.index()]
+                        .hb
+                        .last_change()
+                        .is_some_and(|c| c > written_at);
+                    let alive_seen = alive_seen || advanced;
+                    if let Some(exec) = self.executions.get_mut(&t) {
+                        exec.step = Step::PillWait {
+                            written_at,
+                            confirm_at,
+                            alive_seen,
+                        };
+                    }
+                    if !alive_seen && self.now >= confirm_at && self.liveness(t) != Liveness::Alive {
+                        self.finish(t, OutcomeResult::Confirmed(Evidence::WatchdogDeadline { level }));
+                        continue;
+                    }
+                    if self.now >= deadline {
+                        if alive_seen {
+                            // Its heartbeat moved after the pill: it is alive and can read its
+                            // slot; never confirm by deadline. It will reboot (new boot id) or it
+                            // was never dead.
+                            self.finish(t, OutcomeResult::Aborted(AbortReason::TargetAlive));
+                        } else {
+                            self.level_failed(t, true);
+                        }
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if self.now >= deadline {
+                self.level_failed(t, true);
+            }
+        }
+    }
+
+    fn level_failed(&mut self, t: MemberId, timed_out: bool) {
+        let Some(exec) = self.executions.get(&t) else {
+            return;
+        };
+        let level = exec.level;
+        self.emit(Event::LevelFailed {
+            target: t,
+            level: level as u8,
+            timed_out,
+        });
+        if level + 1 < self.cfg.fencing.levels.len() {
+            self.begin_level(t, level + 1);
+        } else {
+            self.finish(t, OutcomeResult::Failed(FailReason::AllLevelsFailed));
+        }
+    }
+
+    /// Ends this node's attempt on `t`: record, persist, tell everyone.
+    pub(super) fn finish(&mut self, t: MemberId, result: OutcomeResult) {
+        let Some(exec) = self.executions.remove(&t) else {
+            return;
+        };
+        let p = exec.qc.proposal;
+        if let Some(r) = self
+            .durable
+            .fence_log
+            .iter_mut()
+            .rev()
+            .find(|r| r.qc.proposal == p && r.outcome.is_none())
+        {
+            r.outcome = Some(result);
+        }
+        self.durable.release(&p);
+        self.dirty = true;
+        match result {
+            OutcomeResult::Confirmed(evidence) => {
+                self.confirmed(t, p.target_boot, evidence);
+                if self.cfg.fencing.after_off == AfterOff::Reboot
+                    && let Evidence::PowerOff { level } = evidence
+                {
+                    let id = self.next_command_id();
+                    let timeout = match self.cfg.fencing.levels.get(usize::from(level)).map(|l| l.kind) {
+                        Some(LevelKind::Agent { timeout }) => timeout,
+                        _ => self.cfg.fencing.status_poll_interval,
+                    };
+                    self.out.push_back(Output::Fence(FenceCommand {
+                        id,
+                        target: t,
+                        level,
+                        action: AgentAction::On,
+                        timeout,
+                        qc: exec.qc.clone(),
+                    }));
+                }
+            }
+            OutcomeResult::Failed(reason) => {
+                let max = u16::from(self.cfg.fencing.max_attempts.get());
+                let retry = self.cfg.retry_backoff(u32::from(exec.attempt));
+                let peer = &mut self.peers[t.index()];
+                peer.attempts = peer.attempts.max(exec.attempt);
+                let retry_in = if exec.attempt >= max {
+                    peer.failed = true;
+                    peer.next_retry_at = None;
+                    None
+                } else {
+                    peer.next_retry_at = Some(self.now + retry);
+                    Some(retry)
+                };
+                self.persist();
+                self.emit(Event::FenceFailed {
+                    target: t,
+                    boot: p.target_boot,
+                    attempt: exec.attempt,
+                    reason,
+                    retry_in,
+                });
+            }
+            OutcomeResult::Aborted(reason) => {
+                self.persist();
+                self.emit(Event::FenceAborted { target: t, reason });
+            }
+        }
+        if exec.pill_written {
+            self.out.push_back(Output::ClearPill { target: t });
+        }
+        let outcome = FenceOutcome {
+            proposal: p,
+            attempt: exec.attempt,
+            result,
+        };
+        self.send_all(Message::Outcome(outcome), true);
+        self.swim
+            .broadcast(&peerfence_proto::Broadcast::Outcome(outcome));
+    }
+
+    /// Records `t` fenced in `boot` (durably, first) and announces it once.
+    pub(super) fn confirmed(&mut self, t: MemberId, boot: BootId, evidence: Evidence) {
+        if self.durable.record_fenced(t, boot) {
+            self.dirty = true;
+        }
+        // "Safe to recover" must never be visible before the record that justifies it is.
+        self.persist();
+        if self.peers[t.index()].safe_reported != Some(boot) {
+            self.peers[t.index()].safe_reported = Some(boot);
+            self.emit(Event::FenceConfirmed {
+                target: t,
+                boot,
+                evidence,
+            });
+            self.emit(Event::SafeToRecover {
+                target: t,
+                boot,
+                evidence,
+            });
+        }
+    }
+
+    /// `m` showed a new boot: whatever ran in `old` is gone.
+    pub(super) fn new_boot_evidence(&mut self, m: MemberId, old: BootId, new: BootId) {
+        let evidence = Evidence::NewBootId { boot: new };
+        if self
+            .executions
+            .get(&m)
+            .is_some_and(|e| e.qc.proposal.target_boot == old)
+        {
+            self.finish(m, OutcomeResult::Confirmed(evidence));
+            return;
+        }
+        let inflight = self.peers[m.index()]
+            .inflight
+            .as_ref()
+            .is_some_and(|f| f.proposal.target_boot == old);
+        if inflight {
+            self.peers[m.index()].inflight = None;
+            self.confirmed(m, old, evidence);
+        }
+    }
+
+    /// At start: attempts this node began before restarting may still run until their deadline.
+    pub(super) fn resume_interrupted_attempts(&mut self) {
+        self.interrupted = self
+            .durable
+            .fence_log
+            .iter()
+            .filter(|r| r.outcome.is_none() && r.qc.proposal.kind == FenceKind::Fence)
+            .map(|r| Interrupted {
+                proposal: r.qc.proposal,
+                attempt: r.attempt,
+                deadline: r.deadline,
+            })
+            .collect();
+    }
+
+    /// Ends interrupted attempts whose deadline passed: they failed, and voters may now release.
+    pub(super) fn progress_interrupted(&mut self) {
+        let now = self.now;
+        let due: Vec<Interrupted> = self
+            .interrupted
+            .iter()
+            .filter(|i| now >= i.deadline)
+            .copied()
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        self.interrupted.retain(|i| now < i.deadline);
+        for i in due {
+            let result = OutcomeResult::Failed(FailReason::Interrupted);
+            if let Some(r) = self
+                .durable
+                .fence_log
+                .iter_mut()
+                .find(|r| r.qc.proposal == i.proposal && r.outcome.is_none())
+            {
+                r.outcome = Some(result);
+            }
+            self.durable.release(&i.proposal);
+            self.dirty = true;
+            self.persist();
+            let outcome = FenceOutcome {
+                proposal: i.proposal,
+                attempt: i.attempt,
+                result,
+            };
+            self.send_all(Message::Outcome(outcome), true);
+            self.swim
+                .broadcast(&peerfence_proto::Broadcast::Outcome(outcome));
+        }
+    }
+}

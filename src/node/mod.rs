@@ -1,0 +1,999 @@
+//! The node state machine: one member's view of the cluster and every decision it takes.
+//!
+//! Shape (as quinn-proto): [`Node::handle`] takes an input stamped with `now`; [`Node::poll_output`]
+//! yields what to do, in order; [`Node::poll_timeout`] says when to call again with
+//! [`Input::Tick`]. Nothing here performs IO, reads a clock, or draws randomness other than from
+//! the seed given to [`Node::new`].
+//!
+//! Where decisions are made (see also docs/ARCHITECTURE.md):
+//! * [`crate::rules`]: eligibility E1–E4, target classification, HA state (pure);
+//! * `agreement.rs`: proposing (rank, back-off, budget slot, lane) and voting (promises);
+//! * `execution.rs`: running fence levels under a certificate, confirmation, retries;
+//! * `local.rs`: self-fencing, poison pills, the watchdog rule and contact probes.
+
+mod agreement;
+mod execution;
+pub mod io;
+mod local;
+mod peer;
+
+pub use io::*;
+
+use crate::config::{Config, Mode};
+use crate::crypto::{KeyRing, VoteKey};
+use crate::durable::DurableState;
+use crate::health::LocalHealth;
+use crate::heartbeat::{Liveness, PeerHeartbeat};
+use crate::membership::{Membership, SwimState};
+use crate::rules::{self, EligibilityFacts, HaFacts, HaState, Ineligible, TargetClass};
+use crate::time::Instant;
+use agreement::ProposerRound;
+use bytes::Bytes;
+use execution::{Execution, Interrupted};
+use local::{ContactState, SelfFenceState, WatchdogState};
+use peer::Peer;
+use peerfence_proto::{
+    AgentHealth, BootId, Broadcast, Envelope, HealthUpdate, IsolationHealth, MemberId, Message,
+    StorageHealth, Verdict,
+};
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Evaluation period: rules are re-evaluated at least this often.
+pub const TICK: Duration = Duration::from_millis(100);
+/// This node re-broadcasts its health at least this often, so that late joiners learn it.
+pub const HEALTH_REFRESH: Duration = Duration::from_secs(5);
+/// Outputs queued at most between two drains: far above anything one input produces, so hitting
+/// it means the driver stopped draining, which is a bug worth stopping for.
+const OUTPUTS_MAX: usize = 1_000_000;
+
+/// Why a node cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// `me` is not in the roster.
+    #[error("member {0} is not in the configured roster")]
+    NotAMember(MemberId),
+    /// The vote key does not match the roster's key for `me`.
+    #[error("this node's vote key does not match the key configured for {0}; check the key file")]
+    KeyMismatch(String),
+    /// The stored generation cannot grow further.
+    #[error("the stored SWIM generation is exhausted; remove the durable state file to reset it")]
+    GenerationsExhausted,
+}
+
+/// Counters of what happened to messages, for metrics and tests.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    /// Dropped inputs by reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Received messages by kind.
+    pub received: BTreeMap<&'static str, u64>,
+    /// Sent messages by kind.
+    pub sent: BTreeMap<&'static str, u64>,
+    /// Votes granted.
+    pub votes_granted: u64,
+    /// Votes refused.
+    pub votes_refused: u64,
+    /// Inputs whose `now` was earlier than a previous one (clamped).
+    pub clock_went_backwards: u64,
+}
+
+impl Stats {
+    fn drop(&mut self, reason: &'static str) {
+        *self.dropped.entry(reason).or_default() += 1;
+    }
+}
+
+/// One member's view, for status endpoints and tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    /// Member.
+    pub member: MemberId,
+    /// Its name.
+    pub name: String,
+    /// SWIM state.
+    pub swim: SwimState,
+    /// HA state.
+    pub ha: HaState,
+    /// Storage heartbeat: `Some(ms)` stalled for, `None` alive or unknown.
+    pub storage_alive: Option<bool>,
+    /// Milliseconds since its heartbeat last changed (or since observation began).
+    pub heartbeat_age_ms: u64,
+    /// Its boot, if known.
+    pub boot: Option<BootId>,
+    /// Its last fresh verdict.
+    pub verdict: Option<Verdict>,
+    /// Its last fresh agent state.
+    pub agent: Option<AgentHealth>,
+    /// Power state.
+    pub power: PowerState,
+    /// In maintenance.
+    pub maintenance: bool,
+    /// Failed fence attempts on its current boot.
+    pub attempts: u16,
+}
+
+/// This node's view, for status endpoints and tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// This member.
+    pub me: MemberId,
+    /// Its boot.
+    pub boot: BootId,
+    /// SWIM generation.
+    pub generation: u32,
+    /// Own verdict.
+    pub verdict: Verdict,
+    /// Own storage paths.
+    pub storage: Vec<StorageHealth>,
+    /// Own agent.
+    pub agent: AgentHealth,
+    /// Own isolation check.
+    pub isolation: IsolationHealth,
+    /// `None` when this node may propose and vote; otherwise why not.
+    pub ineligible: Option<Ineligible>,
+    /// Quorum size.
+    pub quorum: usize,
+    /// Members visible (Alive or Suspect), self included.
+    pub visible: usize,
+    /// Cluster armed.
+    pub armed: bool,
+    /// Mode.
+    pub mode: Mode,
+    /// Storm mode.
+    pub storm: bool,
+    /// Watchdog being fed.
+    pub watchdog_feeding: bool,
+    /// Budget slots reserved in the current window.
+    pub budget_used: usize,
+    /// Budget per window.
+    pub budget: u8,
+    /// Targets with a fence in flight (run here or learnt).
+    pub fences_in_flight: Vec<MemberId>,
+    /// Every other member.
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Debug, Clone)]
+struct Storm {
+    on: bool,
+    calm_since: Option<Instant>,
+    count: usize,
+}
+
+/// One peerfence member's state machine.
+pub struct Node {
+    cfg: Arc<Config>,
+    keys: KeyRing,
+    vote_key: VoteKey,
+    me: MemberId,
+    boot: BootId,
+    rng: ChaCha8Rng,
+    now: Instant,
+    started_at: Instant,
+    swim: Membership,
+    local: LocalHealth,
+    verdict: Verdict,
+    peers: Vec<Peer>,
+    /// Rendezvous ranking per target: members other than the target, best first.
+    ranking: Vec<Vec<MemberId>>,
+    durable: DurableState,
+    dirty: bool,
+    out: VecDeque<Output>,
+    next_tick: Instant,
+    health_seq: u64,
+    last_health: Option<HealthUpdate>,
+    next_health: Instant,
+    next_announce: Instant,
+    storm: Storm,
+    ineligible: Option<Ineligible>,
+    rounds: BTreeMap<MemberId, ProposerRound>,
+    executions: BTreeMap<MemberId, Execution>,
+    /// Attempts started before a restart that may still be running.
+    interrupted: Vec<Interrupted>,
+    next_command: u64,
+    self_fence: SelfFenceState,
+    watchdog: WatchdogState,
+    contact: ContactState,
+    /// Slots and lanes other voters said are taken, with when to forget the hint.
+    slot_hints: Vec<Instant>,
+    lane_hints: Vec<Instant>,
+    stats: Stats,
+    stopped: bool,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node({}, {:?})", self.me, self.boot)
+    }
+}
+
+impl Node {
+    /// Starts a node for member `me` in host boot `boot`, from its durable state (`None` on first
+    /// start). The first output is a [`Output::Persist`] with the new generation: persist it
+    /// before sending anything.
+    pub fn new(
+        config: Arc<Config>,
+        me: MemberId,
+        vote_key: VoteKey,
+        boot: BootId,
+        durable: Option<DurableState>,
+        seed: u64,
+        now: Instant,
+    ) -> Result<Self, StartError> {
+        let info = config.roster.get(me).ok_or(StartError::NotAMember(me))?;
+        if info.vote_key != vote_key.public() {
+            return Err(StartError::KeyMismatch(info.name.clone()));
+        }
+        let mut durable = durable.unwrap_or_default();
+        durable.rebase(boot, now);
+        durable.generation = durable
+            .generation
+            .checked_add(1)
+            .ok_or(StartError::GenerationsExhausted)?;
+        durable.round_counter = 0;
+        let generation = durable.generation;
+        let n = config.n();
+        let peers = (0..n)
+            .map(|_| Peer::new(PeerHeartbeat::new(&config), now))
+            .collect();
+        let ranking = (0..n)
+            .map(|t| rank_members(&config, MemberId(t as u16)))
+            .collect();
+        let mut node = Self {
+            keys: KeyRing::new(&config),
+            vote_key,
+            me,
+            boot,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now,
+            started_at: now,
+            swim: Membership::new(&config, me, generation, seed ^ 0x5157_494d),
+            local: LocalHealth::new(&config, now),
+            verdict: Verdict::Unhealthy,
+            peers,
+            ranking,
+            durable,
+            dirty: true,
+            out: VecDeque::new(),
+            next_tick: now,
+            health_seq: 0,
+            last_health: None,
+            next_health: now,
+            next_announce: now,
+            storm: Storm {
+                on: false,
+                calm_since: None,
+                count: 0,
+            },
+            ineligible: Some(Ineligible::Initializing),
+            rounds: BTreeMap::new(),
+            executions: BTreeMap::new(),
+            interrupted: Vec::new(),
+            next_command: 0,
+            self_fence: SelfFenceState::default(),
+            watchdog: WatchdogState::default(),
+            contact: ContactState::new(n),
+            slot_hints: vec![Instant::ZERO; usize::from(config.fencing.budget.get())],
+            lane_hints: vec![Instant::ZERO; usize::from(config.fencing.max_concurrent.get())],
+            stats: Stats::default(),
+            stopped: false,
+            cfg: config,
+        };
+        node.persist();
+        node.resume_interrupted_attempts();
+        node.swim.announce_to_inactive(now);
+        node.next_announce = now + node.cfg.swim.announce_period;
+        node.drain_swim();
+        Ok(node)
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        if now < self.now {
+            self.stats.clock_went_backwards += 1;
+        } else {
+            self.now = now;
+        }
+        if self.stopped {
+            return;
+        }
+        match input {
+            Input::Tick => {}
+            Input::Datagram { from, bytes } => self.on_datagram(from, &bytes),
+            Input::StorageWrite { path, outcome } => {
+                if !self.local.record_write(self.now, path, outcome) {
+                    self.stats.drop("unknown_path");
+                }
+            }
+            Input::HeartbeatRead {
+                path,
+                member,
+                record,
+            } => self.on_heartbeat_read(path, member, record),
+            Input::PoisonPillRead { path: _, pill } => self.on_pill_read(pill),
+            Input::AgentCheck { alive } => self.local.record_agent(alive),
+            Input::IsolationCheck { ok } => self.local.record_isolation(&self.cfg, ok),
+            Input::FenceResult { id, result } => self.on_fence_result(id, result),
+            Input::PillWritten { id, ok } => self.on_pill_written(id, ok),
+            Input::PowerStatus { member, state } => self.on_power_status(member, state),
+            Input::Operator(cmd) => self.on_operator(cmd),
+            Input::Shutdown => self.shutdown(),
+        }
+        if !self.stopped {
+            self.swim.fire_timers(self.now);
+            if self.now >= self.next_tick {
+                self.evaluate();
+                self.next_tick = self.now + TICK;
+            }
+            self.drain_swim();
+        }
+        self.persist();
+        assert!(self.out.len() < OUTPUTS_MAX, "driver stopped draining outputs");
+    }
+
+    /// Next output, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When to call [`Node::handle`] with [`Input::Tick`] next.
+    pub fn poll_timeout(&self) -> Instant {
+        match self.swim.next_timer() {
+            Some(t) if t < self.next_tick => t,
+            _ => self.next_tick,
+        }
+    }
+
+    /// This member.
+    pub fn me(&self) -> MemberId {
+        self.me
+    }
+
+    /// The host boot this node runs in.
+    pub fn boot(&self) -> BootId {
+        self.boot
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.cfg
+    }
+
+    /// The durable state as last handed out for persisting (plus any pending change).
+    pub fn durable(&self) -> &DurableState {
+        &self.durable
+    }
+
+    /// Message counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Own verdict.
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+
+    /// The full status view.
+    pub fn status(&self) -> NodeStatus {
+        let peers = self
+            .cfg
+            .roster
+            .ids()
+            .filter(|&m| m != self.me)
+            .map(|m| {
+                let p = &self.peers[m.index()];
+                let fresh = p.fresh_health(self.now);
+                PeerStatus {
+                    member: m,
+                    name: self.cfg.roster.name(m).to_owned(),
+                    swim: p.swim,
+                    ha: p.ha,
+                    storage_alive: match self.liveness(m) {
+                        Liveness::Alive => Some(true),
+                        Liveness::Stalled { .. } => Some(false),
+                        Liveness::Unknown => None,
+                    },
+                    heartbeat_age_ms: p.hb.stalled_for(self.now).as_millis() as u64,
+                    boot: p.boot,
+                    verdict: fresh.map(|h| h.verdict),
+                    agent: fresh.map(|h| h.agent),
+                    power: p.power,
+                    maintenance: self.durable.in_maintenance(m),
+                    attempts: p.attempts,
+                }
+            })
+            .collect();
+        NodeStatus {
+            me: self.me,
+            boot: self.boot,
+            generation: self.swim.identity().generation,
+            verdict: self.verdict,
+            storage: self.local.storage(&self.cfg, self.now),
+            agent: self.local.agent(),
+            isolation: self.local.isolation(),
+            ineligible: self.ineligible,
+            quorum: self.cfg.quorum(),
+            visible: self.visible(),
+            armed: self.durable.armed.armed,
+            mode: self.cfg.mode,
+            storm: self.storm.on,
+            watchdog_feeding: self.watchdog.feeding,
+            budget_used: self.durable.slots.len(),
+            budget: self.cfg.fencing.budget.get(),
+            fences_in_flight: self.fences_in_flight(),
+            peers,
+        }
+    }
+
+    /// Targets with a fence in flight, run here or learnt from certificates.
+    pub fn fences_in_flight(&self) -> Vec<MemberId> {
+        let mut v: Vec<MemberId> = self.executions.keys().copied().collect();
+        v.extend(self.interrupted.iter().map(|i| i.proposal.target));
+        for m in self.cfg.roster.ids() {
+            if self.peers[m.index()].inflight.is_some() && !v.contains(&m) {
+                v.push(m);
+            }
+        }
+        v
+    }
+
+    // ----- plumbing -------------------------------------------------------------------------
+
+    fn emit(&mut self, event: Event) {
+        self.out.push_back(Output::Event(event));
+    }
+
+    /// Queues a [`Output::Persist`] if the durable state changed since the last one. Call before
+    /// pushing any output that depends on the change.
+    fn persist(&mut self) {
+        if self.dirty {
+            self.dirty = false;
+            self.out
+                .push_back(Output::Persist(Box::new(self.durable.clone())));
+        }
+    }
+
+    fn envelope(&self, message: Message) -> Option<Bytes> {
+        let env = Envelope {
+            cluster: self.cfg.cluster.clone(),
+            digest: self.cfg.digest(),
+            sender: self.me,
+            message,
+        };
+        peerfence_proto::encode(&env).ok().map(Bytes::from)
+    }
+
+    fn send(&mut self, to: MemberId, message: Message, reliable: bool) {
+        let kind = message.kind();
+        match self.envelope(message) {
+            Some(bytes) => {
+                *self.stats.sent.entry(kind).or_default() += 1;
+                self.out.push_back(Output::Send {
+                    to,
+                    bytes,
+                    reliable,
+                });
+            }
+            None => self.stats.drop("encode_failed"),
+        }
+    }
+
+    fn send_all(&mut self, message: Message, reliable: bool) {
+        let kind = message.kind();
+        let Some(bytes) = self.envelope(message) else {
+            self.stats.drop("encode_failed");
+            return;
+        };
+        for m in self.cfg.roster.ids() {
+            if m != self.me {
+                *self.stats.sent.entry(kind).or_default() += 1;
+                self.out.push_back(Output::Send {
+                    to: m,
+                    bytes: bytes.clone(),
+                    reliable,
+                });
+            }
+        }
+    }
+
+    fn drain_swim(&mut self) {
+        for (to, packet) in self.swim.take_sends() {
+            self.send(to, Message::Swim(packet.to_vec()), false);
+        }
+        self.swim.clear_notifications();
+        for item in self.swim.take_inbox() {
+            self.on_broadcast(item);
+        }
+        let id = self.swim.identity();
+        if id.generation > self.durable.generation {
+            // foca rejoined under a new generation after being declared down: remember it, or a
+            // restart could reuse a generation the cluster already considers down.
+            self.durable.generation = id.generation;
+            self.dirty = true;
+        }
+    }
+
+    fn next_command_id(&mut self) -> CommandId {
+        self.next_command += 1;
+        self.next_command
+    }
+
+    fn initializing(&self) -> bool {
+        self.now.saturating_since(self.started_at) < self.cfg.fencing.startup_quiet_period
+    }
+
+    fn visible(&self) -> usize {
+        1 + self
+            .cfg
+            .roster
+            .ids()
+            .filter(|&m| {
+                m != self.me
+                    && matches!(
+                        self.peers[m.index()].swim,
+                        SwimState::Alive | SwimState::Suspect
+                    )
+            })
+            .count()
+    }
+
+    // ----- inputs ---------------------------------------------------------------------------
+
+    fn on_datagram(&mut self, from: MemberId, bytes: &[u8]) {
+        if !self.cfg.roster.contains(from) || from == self.me {
+            self.stats.drop("unknown_sender");
+            return;
+        }
+        let env = match peerfence_proto::decode(bytes) {
+            Ok(env) => env,
+            Err(e) => {
+                self.stats.drop(e.kind());
+                return;
+            }
+        };
+        if env.cluster != self.cfg.cluster {
+            self.stats.drop("other_cluster");
+            return;
+        }
+        if env.digest != self.cfg.digest() {
+            self.stats.drop("config_digest_mismatch");
+            return;
+        }
+        if env.sender != from {
+            self.stats.drop("forged_sender");
+            return;
+        }
+        *self.stats.received.entry(env.message.kind()).or_default() += 1;
+        match env.message {
+            Message::Swim(packet) => {
+                if let Err(e) = self.swim.handle_packet(self.now, from, &packet) {
+                    self.stats.drop(match e {
+                        crate::membership::SwimDrop::SenderMismatch => "forged_sender",
+                        crate::membership::SwimDrop::Rejected(why) => why,
+                    });
+                }
+            }
+            Message::Propose(p) => self.on_propose(from, p),
+            Message::Vote(v) => self.on_vote(from, v),
+            Message::Refuse(r) => self.on_refuse(from, r),
+            Message::Release(r) => self.on_release(from, r.proposal),
+            Message::Certificate(qc) => self.on_certificate(from, qc),
+            Message::Outcome(o) => self.on_outcome(Some(from), o),
+            Message::Contact(c) => self.on_contact(from, c),
+            Message::ContactAck(a) => self.on_contact_ack(from, a),
+            Message::Leave(l) => self.on_leave(from, l),
+        }
+    }
+
+    fn on_broadcast(&mut self, item: Broadcast) {
+        match item {
+            Broadcast::Health(h) => {
+                if h.member == self.me {
+                    return;
+                }
+                let i = h.member.index();
+                let newer = match &self.peers[i].health {
+                    Some(old) => (h.generation, h.seq) > (old.generation, old.seq),
+                    None => true,
+                };
+                if !newer {
+                    return;
+                }
+                let (boot, generation) = (h.boot, h.generation);
+                if self.peers[i].left.is_some_and(|g| h.generation > g) {
+                    self.peers[i].left = None;
+                }
+                self.peers[i].health = Some(h);
+                self.peers[i].health_at = Some(self.now);
+                self.boot_seen(MemberId(i as u16), boot, generation);
+            }
+            Broadcast::Arm(a) => {
+                if self.durable.apply_arm(a) {
+                    self.dirty = true;
+                    self.emit(Event::ArmChanged {
+                        armed: a.armed,
+                        by: a.version.by,
+                    });
+                }
+            }
+            Broadcast::Maintenance(m) => {
+                if self.cfg.roster.contains(m.member) && self.durable.apply_maintenance(m) {
+                    self.dirty = true;
+                    self.emit(Event::MaintenanceChanged {
+                        member: m.member,
+                        on: m.on,
+                        by: m.version.by,
+                    });
+                }
+            }
+            Broadcast::Outcome(o) => self.on_outcome(None, o),
+            Broadcast::Leave(l) => self.apply_leave(l),
+        }
+    }
+
+    fn on_leave(&mut self, from: MemberId, l: peerfence_proto::LeaveNotice) {
+        if l.member != from {
+            self.stats.drop("forged_sender");
+            return;
+        }
+        self.apply_leave(l);
+    }
+
+    fn apply_leave(&mut self, l: peerfence_proto::LeaveNotice) {
+        if l.member == self.me || !self.cfg.roster.contains(l.member) {
+            return;
+        }
+        let p = &mut self.peers[l.member.index()];
+        if p.left.is_none_or(|g| l.generation > g) && l.generation >= p.generation {
+            p.left = Some(l.generation);
+        }
+    }
+
+    fn on_heartbeat_read(
+        &mut self,
+        path: usize,
+        member: MemberId,
+        record: Option<peerfence_proto::HeartbeatRecord>,
+    ) {
+        if !self.cfg.roster.contains(member) || path >= self.cfg.storage.paths.len() {
+            self.stats.drop("bad_heartbeat_read");
+            return;
+        }
+        if member == self.me {
+            return;
+        }
+        if record.is_some_and(|r| r.member != member) {
+            // A record in the wrong slot (copied file, misconfigured path) proves nothing.
+            self.stats.drop("heartbeat_in_wrong_slot");
+            return;
+        }
+        self.peers[member.index()]
+            .hb
+            .observe(self.now, path, record);
+        if let Some(r) = record {
+            self.boot_seen(member, r.boot, r.generation);
+        }
+    }
+
+    /// A source (storage record or health gossip) reports `boot` as `m`'s boot under daemon
+    /// generation `generation`. Generations grow with every daemon start, so only a report from a
+    /// newer generation can announce a new boot: a stale record or a late gossip item never looks
+    /// like a reboot (which would falsely confirm a fence).
+    fn boot_seen(&mut self, m: MemberId, boot: BootId, generation: u32) {
+        let p = &mut self.peers[m.index()];
+        let old = p.boot;
+        match old {
+            None => {
+                p.boot = Some(boot);
+                p.boot_generation = generation;
+                return;
+            }
+            Some(b) if b == boot => {
+                p.boot_generation = p.boot_generation.max(generation);
+                return;
+            }
+            Some(_) if generation <= p.boot_generation => return,
+            Some(_) => {}
+        }
+        p.boot_generation = generation;
+        p.new_boot(boot);
+        if let Some(old) = old {
+            self.emit(Event::Rebooted {
+                member: m,
+                old,
+                new: boot,
+            });
+            // A new boot proves the old instance and its VMs are gone.
+            self.new_boot_evidence(m, old, boot);
+        }
+    }
+
+    fn on_power_status(&mut self, member: MemberId, state: PowerState) {
+        if !self.cfg.roster.contains(member) {
+            self.stats.drop("bad_power_status");
+            return;
+        }
+        let p = &mut self.peers[member.index()];
+        if p.power == state {
+            return;
+        }
+        p.power = state;
+        self.emit(Event::PowerChanged { member, state });
+        if state == PowerState::Off
+            && !self.executions.contains_key(&member)
+            && self.peers[member.index()].inflight.is_none()
+        {
+            // Off without a fence of ours in flight is reported, not treated as a fence: nobody
+            // checked it stays off, and nobody agreed to recover its VMs.
+            self.emit(Event::HostFoundOff { member });
+        }
+    }
+
+    fn on_operator(&mut self, cmd: OperatorCommand) {
+        let version = peerfence_proto::FlagVersion {
+            counter: self.durable.max_flag_counter() + 1,
+            by: self.me,
+        };
+        match cmd {
+            OperatorCommand::Maintenance { member, on } => {
+                if !self.cfg.roster.contains(member) {
+                    self.stats.drop("bad_operator_command");
+                    return;
+                }
+                let m = peerfence_proto::MaintenanceState {
+                    member,
+                    on,
+                    version,
+                };
+                self.durable.apply_maintenance(m);
+                self.dirty = true;
+                self.persist();
+                self.swim.broadcast(&Broadcast::Maintenance(m));
+                self.emit(Event::MaintenanceChanged {
+                    member,
+                    on,
+                    by: self.me,
+                });
+            }
+            OperatorCommand::Arm | OperatorCommand::Disarm => {
+                let armed = cmd == OperatorCommand::Arm;
+                let a = peerfence_proto::ArmState { armed, version };
+                self.durable.apply_arm(a);
+                self.dirty = true;
+                self.persist();
+                self.swim.broadcast(&Broadcast::Arm(a));
+                self.emit(Event::ArmChanged { armed, by: self.me });
+            }
+            OperatorCommand::ManualFence { target } => {
+                let ok = self.cfg.roster.contains(target) && target != self.me;
+                if ok {
+                    let p = &mut self.peers[target.index()];
+                    p.manual = true;
+                    p.failed = false;
+                    p.next_retry_at = None;
+                    p.next_round_at = Instant::ZERO;
+                }
+                self.emit(Event::ManualFence {
+                    target,
+                    accepted: ok,
+                });
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let notice = peerfence_proto::LeaveNotice {
+            member: self.me,
+            generation: self.swim.identity().generation,
+        };
+        self.swim.broadcast(&Broadcast::Leave(notice));
+        self.send_all(Message::Leave(notice), true);
+        self.swim.leave(self.now);
+        self.drain_swim();
+        self.stopped = true;
+    }
+
+    // ----- evaluation -----------------------------------------------------------------------
+
+    fn evaluate(&mut self) {
+        let cfg = self.cfg.clone();
+        if self
+            .durable
+            .expire(self.now, cfg.fencing.budget_window)
+        {
+            self.dirty = true;
+        }
+        self.refresh_swim();
+        self.refresh_health();
+        self.refresh_storm();
+        self.refresh_eligibility();
+        self.refresh_targets();
+        self.progress_rounds();
+        self.progress_executions();
+        self.consider_proposals();
+        self.self_fence_step();
+        self.pill_and_inflight_step();
+        self.watchdog_step();
+        if self.now >= self.next_announce {
+            self.swim.announce_to_inactive(self.now);
+            self.next_announce = self.now + cfg.swim.announce_period;
+        }
+    }
+
+    fn refresh_swim(&mut self) {
+        let states = self.swim.states();
+        for (i, (state, generation)) in states.into_iter().enumerate() {
+            if i == self.me.index() {
+                continue;
+            }
+            let p = &mut self.peers[i];
+            if generation > p.generation && p.left.is_some_and(|g| generation > g) {
+                p.left = None;
+            }
+            p.generation = p.generation.max(generation);
+            if p.swim != state {
+                let from = p.swim;
+                p.swim = state;
+                p.swim_since = self.now;
+                self.emit(Event::SwimChanged {
+                    member: MemberId(i as u16),
+                    from,
+                    to: state,
+                });
+            }
+        }
+    }
+
+    fn refresh_health(&mut self) {
+        let cfg = self.cfg.clone();
+        let verdict = self.local.verdict(&cfg, self.now);
+        if verdict != self.verdict {
+            self.verdict = verdict;
+            self.emit(Event::VerdictChanged { verdict });
+        }
+        let storage = self.local.storage(&cfg, self.now);
+        let changed = match &self.last_health {
+            Some(h) => {
+                h.verdict != verdict
+                    || h.storage != storage
+                    || h.agent != self.local.agent()
+                    || h.isolation != self.local.isolation()
+            }
+            None => true,
+        };
+        if changed || self.now >= self.next_health {
+            self.health_seq += 1;
+            let h = HealthUpdate {
+                member: self.me,
+                generation: self.swim.identity().generation,
+                seq: self.health_seq,
+                boot: self.boot,
+                verdict,
+                storage,
+                agent: self.local.agent(),
+                isolation: self.local.isolation(),
+            };
+            self.swim.broadcast(&Broadcast::Health(h.clone()));
+            self.last_health = Some(h);
+            self.next_health = self.now + HEALTH_REFRESH;
+        }
+    }
+
+    fn refresh_storm(&mut self) {
+        let threshold = self.cfg.fencing.max_unhealthy;
+        let count = self
+            .cfg
+            .roster
+            .ids()
+            .filter(|&m| self.counts_as_unhealthy(m))
+            .count();
+        self.storm.count = count;
+        if count > threshold {
+            self.storm.calm_since = None;
+            if !self.storm.on && !self.initializing() {
+                self.storm.on = true;
+                self.emit(Event::StormEntered { count, threshold });
+            }
+        } else if self.storm.on {
+            let since = *self.storm.calm_since.get_or_insert(self.now);
+            if self.now.saturating_since(since) >= self.cfg.fencing.storm_cooldown {
+                self.storm.on = false;
+                self.storm.calm_since = None;
+                self.emit(Event::StormLeft);
+            }
+        }
+    }
+
+    fn eligibility_facts(&self) -> EligibilityFacts {
+        EligibilityFacts {
+            initializing: self.initializing(),
+            verdict: self.verdict,
+            visible: self.visible(),
+            quorum: self.cfg.quorum(),
+            armed: self.durable.armed.armed,
+            mode: self.cfg.mode,
+            storm: self.storm.on,
+        }
+    }
+
+    fn refresh_eligibility(&mut self) {
+        let now = rules::eligibility(&self.eligibility_facts()).err();
+        if now != self.ineligible {
+            self.ineligible = now;
+            self.emit(Event::EligibilityChanged { ineligible: now });
+        }
+    }
+
+    fn refresh_targets(&mut self) {
+        let armed = self.durable.armed.armed;
+        let initializing = self.initializing();
+        for m in self.cfg.roster.ids().collect::<Vec<_>>() {
+            if m == self.me {
+                continue;
+            }
+            let class = rules::classify(&self.target_facts(m));
+            let fencing = self.executions.contains_key(&m)
+                || self.interrupted.iter().any(|i| i.proposal.target == m)
+                || self.peers[m.index()]
+                    .inflight
+                    .as_ref()
+                    .is_some_and(|f| Some(f.proposal.target_boot) == self.peers[m.index()].boot);
+            let p = &mut self.peers[m.index()];
+            if class == TargetClass::Fenceable {
+                p.fenceable_since.get_or_insert(self.now);
+            } else {
+                p.fenceable_since = None;
+                if !matches!(class, TargetClass::Checking | TargetClass::NoBoot) {
+                    p.manual = false;
+                }
+            }
+            let ha = rules::ha_state(&HaFacts {
+                class,
+                armed,
+                initializing,
+                fencing,
+                failed: p.failed,
+                retry_pending: p.next_retry_at.is_some_and(|t| t > self.now),
+            });
+            if ha != p.ha {
+                let from = p.ha;
+                p.ha = ha;
+                self.emit(Event::HaChanged {
+                    member: m,
+                    from,
+                    to: ha,
+                });
+            }
+        }
+    }
+}
+
+/// Rendezvous ranking of the members that may propose a fence of `target`: highest hash first.
+/// Every member computes the same order from the same configuration, so they agree on who goes
+/// first without talking.
+fn rank_members(config: &Config, target: MemberId) -> Vec<MemberId> {
+    let mut ranked: Vec<(u64, MemberId)> = config
+        .roster
+        .ids()
+        .filter(|&m| m != target)
+        .map(|m| {
+            let mut h = Sha256::new();
+            h.update(config.digest().0.to_le_bytes());
+            h.update(target.0.to_le_bytes());
+            h.update(m.0.to_le_bytes());
+            let out = h.finalize();
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&out[..8]);
+            (u64::from_le_bytes(first), m)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.cmp(a));
+    ranked.into_iter().map(|(_, m)| m).collect()
+}
