@@ -604,7 +604,9 @@ impl Check {
                 self.err(
                     field,
                     quoted(text),
-                    format!("is not a duration ({e}); write it with a unit, e.g. \"500ms\" or \"5s\""),
+                    format!(
+                        "is not a duration ({e}); write it with a unit, e.g. \"500ms\" or \"5s\""
+                    ),
                 );
                 fallback(default)
             }
@@ -693,7 +695,11 @@ impl RawConfig {
             "enforce" => Mode::Enforce,
             "observe" => Mode::Observe,
             other => {
-                c.err("cluster.mode", quoted(other), "must be \"enforce\" or \"observe\"");
+                c.err(
+                    "cluster.mode",
+                    quoted(other),
+                    "must be \"enforce\" or \"observe\"",
+                );
                 Mode::Observe
             }
         };
@@ -709,7 +715,11 @@ impl RawConfig {
                 continue;
             }
             if members.iter().any(|o| o.name == m.name) {
-                c.err(&format!("{field}.name"), quoted(&m.name), "appears twice; member names must be unique");
+                c.err(
+                    &format!("{field}.name"),
+                    quoted(&m.name),
+                    "appears twice; member names must be unique",
+                );
                 continue;
             }
             match parse_key(&m.vote_key) {
@@ -750,7 +760,13 @@ impl RawConfig {
         let s = &self.swim;
         let probe_period = c.duration("swim.probe_period", &s.probe_period, "1s");
         let probe_rtt = c.duration("swim.probe_rtt", &s.probe_rtt, "300ms");
-        c.less("swim.probe_rtt", probe_rtt, "swim.probe_period", probe_period, "");
+        c.less(
+            "swim.probe_rtt",
+            probe_rtt,
+            "swim.probe_period",
+            probe_period,
+            "",
+        );
         let suspect_to_down_after =
             c.duration("swim.suspect_to_down_after", &s.suspect_to_down_after, "3s");
         let num_indirect_probes =
@@ -782,15 +798,30 @@ impl RawConfig {
         }
         for (i, p) in st.paths.iter().enumerate() {
             if p.is_empty() || st.paths[..i].contains(p) {
-                c.err(&format!("storage.paths[{i}]"), quoted(p), "must be non-empty and unique");
+                c.err(
+                    &format!("storage.paths[{i}]"),
+                    quoted(p),
+                    "must be non-empty and unique",
+                );
             }
         }
-        let heartbeat_interval = c.duration("storage.heartbeat_interval", &st.heartbeat_interval, "1s");
+        let heartbeat_interval =
+            c.duration("storage.heartbeat_interval", &st.heartbeat_interval, "1s");
         let write_timeout = c.duration("storage.write_timeout", &st.write_timeout, "2s");
         let slow_threshold = c.duration("storage.slow_threshold", &st.slow_threshold, "500ms");
-        c.less("storage.slow_threshold", slow_threshold, "storage.write_timeout", write_timeout, "");
-        let failures_before_failed =
-            c.nonzero_u8("storage.failures_before_failed", st.failures_before_failed, 3, 20);
+        c.less(
+            "storage.slow_threshold",
+            slow_threshold,
+            "storage.write_timeout",
+            write_timeout,
+            "",
+        );
+        let failures_before_failed = c.nonzero_u8(
+            "storage.failures_before_failed",
+            st.failures_before_failed,
+            3,
+            20,
+        );
         let activity_timeout = c.duration("storage.activity_timeout", &st.activity_timeout, "5s");
         if activity_timeout <= heartbeat_interval + write_timeout {
             c.err(
@@ -822,7 +853,11 @@ impl RawConfig {
         for (i, l) in raw_levels.iter().enumerate() {
             let field = format!("fencing.levels[{i}]");
             if !valid_member_name(&l.name) || levels.iter().any(|o: &FenceLevel| o.name == l.name) {
-                c.err(&format!("{field}.name"), quoted(&l.name), "must be a unique name of letters, digits, '.', '_' or '-'");
+                c.err(
+                    &format!("{field}.name"),
+                    quoted(&l.name),
+                    "must be a unique name of letters, digits, '.', '_' or '-'",
+                );
             }
             let kind = match l.kind.as_str() {
                 "agent" => LevelKind::Agent {
@@ -837,12 +872,20 @@ impl RawConfig {
                         );
                     }
                     if i + 1 != raw_levels.len() {
-                        c.err(&format!("{field}.kind"), quoted(&l.kind), "a poison-pill level must be the last level");
+                        c.err(
+                            &format!("{field}.kind"),
+                            quoted(&l.kind),
+                            "a poison-pill level must be the last level",
+                        );
                     }
                     LevelKind::PoisonPill
                 }
                 other => {
-                    c.err(&format!("{field}.kind"), quoted(other), "must be \"agent\" or \"poison-pill\"");
+                    c.err(
+                        &format!("{field}.kind"),
+                        quoted(other),
+                        "must be \"agent\" or \"poison-pill\"",
+                    );
                     continue;
                 }
             };
@@ -855,28 +898,59 @@ impl RawConfig {
             "off" => AfterOff::Off,
             "reboot" => AfterOff::Reboot,
             other => {
-                c.err("fencing.after_off", quoted(other), "must be \"off\" or \"reboot\"");
+                c.err(
+                    "fencing.after_off",
+                    quoted(other),
+                    "must be \"off\" or \"reboot\"",
+                );
                 AfterOff::Off
             }
         };
-        let status_poll_interval = c.duration("fencing.status_poll_interval", &f.status_poll_interval, "1s");
+        let status_poll_interval = c.duration(
+            "fencing.status_poll_interval",
+            &f.status_poll_interval,
+            "1s",
+        );
         let proposal_timeout = c.duration("fencing.proposal_timeout", &f.proposal_timeout, "3s");
-        let retransmit_interval = c.duration("fencing.retransmit_interval", &f.retransmit_interval, "500ms");
-        c.less("fencing.retransmit_interval", retransmit_interval, "fencing.proposal_timeout", proposal_timeout, "");
+        let retransmit_interval = c.duration(
+            "fencing.retransmit_interval",
+            &f.retransmit_interval,
+            "500ms",
+        );
+        c.less(
+            "fencing.retransmit_interval",
+            retransmit_interval,
+            "fencing.proposal_timeout",
+            proposal_timeout,
+            "",
+        );
         let proposer_backoff = c.duration("fencing.proposer_backoff", &f.proposer_backoff, "2s");
-        let retry_backoff_initial = c.duration("fencing.retry_backoff_initial", &f.retry_backoff_initial, "10s");
-        let retry_backoff_max = c.duration("fencing.retry_backoff_max", &f.retry_backoff_max, "250s");
+        let retry_backoff_initial = c.duration(
+            "fencing.retry_backoff_initial",
+            &f.retry_backoff_initial,
+            "10s",
+        );
+        let retry_backoff_max =
+            c.duration("fencing.retry_backoff_max", &f.retry_backoff_max, "250s");
         if retry_backoff_initial > retry_backoff_max {
             c.err(
                 "fencing.retry_backoff_initial",
                 quoted(&fmt_duration(retry_backoff_initial)),
-                format!("must not exceed fencing.retry_backoff_max ({})", fmt_duration(retry_backoff_max)),
+                format!(
+                    "must not exceed fencing.retry_backoff_max ({})",
+                    fmt_duration(retry_backoff_max)
+                ),
             );
         }
         let max_attempts = c.nonzero_u8("fencing.max_attempts", f.max_attempts, 5, 50);
         let budget = c.nonzero_u8("fencing.budget", f.budget, 3, MAX_BUDGET);
         let budget_window = c.duration("fencing.budget_window", &f.budget_window, "1h");
-        let max_concurrent = c.nonzero_u8("fencing.max_concurrent", f.max_concurrent, 2, MAX_CONCURRENT);
+        let max_concurrent = c.nonzero_u8(
+            "fencing.max_concurrent",
+            f.max_concurrent,
+            2,
+            MAX_CONCURRENT,
+        );
         let max_unhealthy = match f.max_unhealthy {
             None => quorum::default_max_unhealthy(n),
             Some(v) => {
@@ -895,7 +969,11 @@ impl RawConfig {
             }
         };
         let storm_cooldown = c.duration("fencing.storm_cooldown", &f.storm_cooldown, "60s");
-        let startup_quiet_period = c.duration("fencing.startup_quiet_period", &f.startup_quiet_period, "10s");
+        let startup_quiet_period = c.duration(
+            "fencing.startup_quiet_period",
+            &f.startup_quiet_period,
+            "10s",
+        );
         if startup_quiet_period < activity_timeout {
             c.err(
                 "fencing.startup_quiet_period",
@@ -908,7 +986,11 @@ impl RawConfig {
         }
         let clock_drift_ppm = f.clock_drift_ppm.unwrap_or(1000);
         if clock_drift_ppm > 100_000 {
-            c.err("fencing.clock_drift_ppm", clock_drift_ppm, "must be at most 100000 (10 %)");
+            c.err(
+                "fencing.clock_drift_ppm",
+                clock_drift_ppm,
+                "must be at most 100000 (10 %)",
+            );
         }
         let confirm_margin = c.duration("fencing.confirm_margin", &f.confirm_margin, "2s");
 
@@ -941,12 +1023,21 @@ impl RawConfig {
             c.err(
                 "watchdog.feed_interval",
                 quoted(&fmt_duration(feed_interval)),
-                format!("must be at most a third of watchdog.timeout ({})", fmt_duration(timeout)),
+                format!(
+                    "must be at most a third of watchdog.timeout ({})",
+                    fmt_duration(timeout)
+                ),
             );
         }
         let contact_timeout = c.duration("watchdog.contact_timeout", &w.contact_timeout, "5s");
         let contact_interval = c.duration("watchdog.contact_interval", &w.contact_interval, "1s");
-        c.less("watchdog.contact_interval", contact_interval, "watchdog.contact_timeout", contact_timeout, "");
+        c.less(
+            "watchdog.contact_interval",
+            contact_interval,
+            "watchdog.contact_timeout",
+            contact_timeout,
+            "",
+        );
         let has_pill = levels.iter().any(|l| l.kind == LevelKind::PoisonPill);
         if has_pill && !enabled {
             c.err(
@@ -1035,7 +1126,10 @@ impl RawConfig {
 
 fn abbreviate(s: &str) -> String {
     if s.len() > 12 {
-        format!("{}…", &s[..s.char_indices().nth(12).map(|(i, _)| i).unwrap_or(s.len())])
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(12).map(|(i, _)| i).unwrap_or(s.len())]
+        )
     } else {
         s.to_owned()
     }
@@ -1062,7 +1156,10 @@ fn compute_digest(c: &Config) -> ConfigDigest {
     }
     put("heartbeat_interval", &ms(c.storage.heartbeat_interval));
     put("write_timeout", &ms(c.storage.write_timeout));
-    put("failures_before_failed", &[c.storage.failures_before_failed.get()]);
+    put(
+        "failures_before_failed",
+        &[c.storage.failures_before_failed.get()],
+    );
     put("activity_timeout", &ms(c.storage.activity_timeout));
     put("watchdog_enabled", &[u8::from(c.watchdog.enabled)]);
     put("watchdog_timeout", &ms(c.watchdog.timeout));

@@ -95,7 +95,12 @@ pub struct KeyRing {
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyRing({} keys, quorum {})", self.keys.len(), self.quorum)
+        write!(
+            f,
+            "KeyRing({} keys, quorum {})",
+            self.keys.len(),
+            self.quorum
+        )
     }
 }
 
@@ -195,7 +200,9 @@ mod tests {
     use peerfence_proto::{BootId, Round};
 
     fn setup(n: usize) -> (Config, Vec<VoteKey>) {
-        let keys: Vec<VoteKey> = (0..n).map(|i| VoteKey::from_secret([i as u8 + 1; 32])).collect();
+        let keys: Vec<VoteKey> = (0..n)
+            .map(|i| VoteKey::from_secret([i as u8 + 1; 32]))
+            .collect();
         let members: Vec<(String, PublicKey)> = keys
             .iter()
             .enumerate()
@@ -249,35 +256,69 @@ mod tests {
         let p = proposal();
         let good: Vec<SignedVote> = (0..3).map(|i| vote(&cfg, &keys[i], i as u16, &p)).collect();
 
-        let short = QuorumCertificate { proposal: p, votes: good[..2].to_vec() };
-        assert_eq!(ring.verify_certificate(&short), Err(CertError::TooFewVotes { got: 2, need: 3 }));
+        let short = QuorumCertificate {
+            proposal: p,
+            votes: good[..2].to_vec(),
+        };
+        assert_eq!(
+            ring.verify_certificate(&short),
+            Err(CertError::TooFewVotes { got: 2, need: 3 })
+        );
 
         let dup = QuorumCertificate {
             proposal: p,
             votes: vec![good[0].clone(), good[1].clone(), good[1].clone()],
         };
-        assert_eq!(ring.verify_certificate(&dup), Err(CertError::DuplicateVoter(MemberId(1))));
+        assert_eq!(
+            ring.verify_certificate(&dup),
+            Err(CertError::DuplicateVoter(MemberId(1)))
+        );
 
         let mut forged = good.clone();
         forged[2].voter = MemberId(3); // signed by member 2, claimed by member 3
-        let qc = QuorumCertificate { proposal: p, votes: forged };
-        assert_eq!(ring.verify_certificate(&qc), Err(CertError::BadSignature(MemberId(3))));
+        let qc = QuorumCertificate {
+            proposal: p,
+            votes: forged,
+        };
+        assert_eq!(
+            ring.verify_certificate(&qc),
+            Err(CertError::BadSignature(MemberId(3)))
+        );
 
         let mut other = p;
         other.target = MemberId(3);
-        let moved = QuorumCertificate { proposal: other, votes: good.clone() };
-        assert!(matches!(ring.verify_certificate(&moved), Err(CertError::BadSignature(_))));
+        let moved = QuorumCertificate {
+            proposal: other,
+            votes: good.clone(),
+        };
+        assert!(matches!(
+            ring.verify_certificate(&moved),
+            Err(CertError::BadSignature(_))
+        ));
 
         let by_target = QuorumCertificate {
             proposal: p,
-            votes: vec![good[0].clone(), good[1].clone(), vote(&cfg, &keys[4], 4, &p)],
+            votes: vec![
+                good[0].clone(),
+                good[1].clone(),
+                vote(&cfg, &keys[4], 4, &p),
+            ],
         };
-        assert_eq!(ring.verify_certificate(&by_target), Err(CertError::TargetVoted(MemberId(4))));
+        assert_eq!(
+            ring.verify_certificate(&by_target),
+            Err(CertError::TargetVoted(MemberId(4)))
+        );
 
         let mut stranger = good.clone();
         stranger[0].voter = MemberId(9);
-        let qc = QuorumCertificate { proposal: p, votes: stranger };
-        assert_eq!(ring.verify_certificate(&qc), Err(CertError::UnknownVoter(MemberId(9))));
+        let qc = QuorumCertificate {
+            proposal: p,
+            votes: stranger,
+        };
+        assert_eq!(
+            ring.verify_certificate(&qc),
+            Err(CertError::UnknownVoter(MemberId(9)))
+        );
 
         let mut wide = p;
         wide.lane = 9;

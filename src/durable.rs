@@ -113,6 +113,10 @@ pub struct DurableState {
     pub watchdog_stopped_for: Option<BootId>,
     /// Counter for round numbers within the current generation.
     pub round_counter: u32,
+    /// Rounds this node opened as proposer and has not closed. After a restart, those without a
+    /// fence record never started a fence (the record is persisted before any fence command),
+    /// so they are released at once instead of holding their voters' promises until expiry.
+    pub open_rounds: Vec<Proposal>,
 }
 
 impl Default for DurableState {
@@ -156,6 +160,7 @@ impl DurableState {
             maintenance: Vec::new(),
             watchdog_stopped_for: None,
             round_counter: 0,
+            open_rounds: Vec::new(),
         }
     }
 
@@ -289,8 +294,9 @@ impl DurableState {
     /// Frees a reservation that never saw a fence start (its round was released).
     pub fn free_unstarted_slot(&mut self, slot: u8, target: MemberId, boot: BootId) -> bool {
         let before = self.slots.len();
-        self.slots
-            .retain(|s| !(s.slot == slot && s.target == target && s.target_boot == boot && !s.started));
+        self.slots.retain(|s| {
+            !(s.slot == slot && s.target == target && s.target_boot == boot && !s.started)
+        });
         before != self.slots.len()
     }
 
@@ -335,6 +341,19 @@ impl DurableState {
         }
     }
 
+    /// Remembers a round this node opened (at most one per target).
+    pub fn open_round(&mut self, proposal: Proposal) {
+        self.open_rounds.retain(|p| p.target != proposal.target);
+        self.open_rounds.push(proposal);
+    }
+
+    /// Forgets an opened round (closed by certificate or abandoned).
+    pub fn close_round(&mut self, proposal: &Proposal) -> bool {
+        let before = self.open_rounds.len();
+        self.open_rounds.retain(|p| p != proposal);
+        before != self.open_rounds.len()
+    }
+
     /// Maintenance flag of `member`.
     pub fn maintenance(&self, member: MemberId) -> Option<&MaintenanceState> {
         self.maintenance.iter().find(|m| m.member == member)
@@ -347,7 +366,11 @@ impl DurableState {
 
     /// Applies a maintenance update if newer. Returns whether it changed anything.
     pub fn apply_maintenance(&mut self, update: MaintenanceState) -> bool {
-        match self.maintenance.iter_mut().find(|m| m.member == update.member) {
+        match self
+            .maintenance
+            .iter_mut()
+            .find(|m| m.member == update.member)
+        {
             Some(m) if m.version >= update.version => false,
             Some(m) => {
                 *m = update;
@@ -420,7 +443,13 @@ mod tests {
     fn encode_roundtrip_and_corruption() {
         let mut s = DurableState::new();
         s.grant(promise(2, 10, 100));
-        s.reserve_slot(0, MemberId(2), BootId([2; 16]), Instant::from_micros(10), false);
+        s.reserve_slot(
+            0,
+            MemberId(2),
+            BootId([2; 16]),
+            Instant::from_micros(10),
+            false,
+        );
         let bytes = s.encode();
         assert_eq!(DurableState::decode(&bytes).unwrap(), s);
         assert!(DurableState::decode(&bytes[..bytes.len() - 1]).is_err());
@@ -442,7 +471,13 @@ mod tests {
         let mut s = DurableState::new();
         s.boot = Some(BootId([1; 16]));
         s.grant(promise(2, 1_000_000, 30_000_000));
-        s.reserve_slot(0, MemberId(2), BootId([2; 16]), Instant::from_micros(1_000_000), true);
+        s.reserve_slot(
+            0,
+            MemberId(2),
+            BootId([2; 16]),
+            Instant::from_micros(1_000_000),
+            true,
+        );
         // Same boot: unchanged.
         let mut same = s.clone();
         same.rebase(BootId([1; 16]), Instant::from_micros(5));
@@ -467,7 +502,10 @@ mod tests {
         assert_eq!(s.slots.len(), 1);
         assert!(s.free_unstarted_slot(1, MemberId(2), boot));
         s.reserve_slot(1, MemberId(2), boot, Instant::ZERO, true);
-        assert!(!s.free_unstarted_slot(1, MemberId(2), boot), "started slots stay spent");
+        assert!(
+            !s.free_unstarted_slot(1, MemberId(2), boot),
+            "started slots stay spent"
+        );
         s.expire(Instant::from_micros(1_000_000), Duration::from_secs(1));
         assert!(s.slots.is_empty(), "the window passed");
     }
@@ -475,12 +513,28 @@ mod tests {
     #[test]
     fn flags_converge_on_the_newest_version() {
         let mut s = DurableState::new();
-        let v = |counter, by| FlagVersion { counter, by: MemberId(by) };
-        assert!(s.apply_arm(ArmState { armed: false, version: v(3, 1) }));
-        assert!(!s.apply_arm(ArmState { armed: true, version: v(2, 4) }));
-        assert!(s.apply_arm(ArmState { armed: true, version: v(3, 2) }));
+        let v = |counter, by| FlagVersion {
+            counter,
+            by: MemberId(by),
+        };
+        assert!(s.apply_arm(ArmState {
+            armed: false,
+            version: v(3, 1)
+        }));
+        assert!(!s.apply_arm(ArmState {
+            armed: true,
+            version: v(2, 4)
+        }));
+        assert!(s.apply_arm(ArmState {
+            armed: true,
+            version: v(3, 2)
+        }));
         assert!(s.armed.armed);
-        assert!(s.apply_maintenance(MaintenanceState { member: MemberId(1), on: true, version: v(4, 0) }));
+        assert!(s.apply_maintenance(MaintenanceState {
+            member: MemberId(1),
+            on: true,
+            version: v(4, 0)
+        }));
         assert!(s.in_maintenance(MemberId(1)));
         assert_eq!(s.max_flag_counter(), 4);
     }
@@ -488,7 +542,10 @@ mod tests {
     #[test]
     fn fence_log_is_bounded() {
         let mut s = DurableState::new();
-        let qc = QuorumCertificate { proposal: proposal(2, 0), votes: vec![] };
+        let qc = QuorumCertificate {
+            proposal: proposal(2, 0),
+            votes: vec![],
+        };
         for i in 0..(FENCE_LOG_MAX + 10) {
             s.log_fence(FenceRecord {
                 qc: qc.clone(),

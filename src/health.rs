@@ -215,7 +215,11 @@ mod tests {
         assert_eq!(h.verdict(&cfg, at(1.0)), Verdict::Healthy);
         h.record_write(at(2.0), 0, WriteOutcome::Ok { latency: ms(1500) });
         assert_eq!(h.path_health(&cfg, at(2.0), 0), StorageHealth::Slow);
-        assert_eq!(h.verdict(&cfg, at(2.0)), Verdict::Healthy, "slow is still healthy");
+        assert_eq!(
+            h.verdict(&cfg, at(2.0)),
+            Verdict::Healthy,
+            "slow is still healthy"
+        );
         h.record_write(at(3.0), 0, WriteOutcome::TimedOut);
         h.record_write(at(4.0), 0, WriteOutcome::TimedOut);
         assert_eq!(h.path_health(&cfg, at(4.0), 0), StorageHealth::Slow);

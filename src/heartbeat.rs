@@ -60,7 +60,12 @@ impl PeerHeartbeat {
     }
 
     /// Records one successful read of the peer's slot on `path` (`None`: the slot is empty).
-    pub fn observe(&mut self, now: Instant, path: usize, record: Option<HeartbeatRecord>) -> Observed {
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        path: usize,
+        record: Option<HeartbeatRecord>,
+    ) -> Observed {
         let Some(p) = self.paths.get_mut(path) else {
             return Observed::Same;
         };
@@ -119,6 +124,20 @@ impl PeerHeartbeat {
         }
     }
 
+    /// Whether no path has shown a change for longer than `after`, with fresh reads on every
+    /// path: an early warning, weaker than [`Liveness::Stalled`], used only to count trouble.
+    pub fn late(&self, config: &Config, now: Instant, after: Duration) -> bool {
+        let fresh = config.storage.heartbeat_interval * 2 + config.storage.write_timeout;
+        !self.paths.is_empty()
+            && self.paths.iter().all(|p| {
+                let fresh_read = p
+                    .last_read_at
+                    .is_some_and(|t| now.saturating_since(t) <= fresh);
+                let quiet_from = p.last_change_at.or(p.first_read_at);
+                fresh_read && quiet_from.is_some_and(|q| now.saturating_since(q) > after)
+            })
+    }
+
     /// The most recent change seen on any path.
     pub fn last_change(&self) -> Option<Instant> {
         self.paths.iter().filter_map(|p| p.last_change_at).max()
@@ -159,15 +178,42 @@ mod tests {
         let cfg = config(5); // activity 5 s, interval 1 s, write timeout 2 s
         let mut hb = PeerHeartbeat::new(&cfg);
         assert_eq!(hb.observe(at(0.0), 0, rec(1, 10)), Observed::First);
-        assert_eq!(hb.liveness(&cfg, at(0.0)), Liveness::Unknown, "one value proves nothing");
+        assert_eq!(
+            hb.liveness(&cfg, at(0.0)),
+            Liveness::Unknown,
+            "one value proves nothing"
+        );
         assert_eq!(hb.observe(at(1.0), 0, rec(1, 11)), Observed::Advanced);
         assert_eq!(hb.liveness(&cfg, at(1.0)), Liveness::Alive);
         for i in 2..=6 {
             assert_eq!(hb.observe(at(i as f64), 0, rec(1, 11)), Observed::Same);
         }
         assert_eq!(hb.liveness(&cfg, at(5.9)), Liveness::Alive);
-        assert_eq!(hb.liveness(&cfg, at(6.0)), Liveness::Stalled { since: at(1.0) });
+        assert_eq!(
+            hb.liveness(&cfg, at(6.0)),
+            Liveness::Stalled { since: at(1.0) }
+        );
         assert_eq!(hb.stalled_for(at(6.0)), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn late_comes_before_stalled() {
+        let cfg = config(5);
+        let mut hb = PeerHeartbeat::new(&cfg);
+        hb.observe(at(0.0), 0, rec(1, 1));
+        hb.observe(at(1.0), 0, rec(1, 2));
+        let after = Duration::from_secs(3);
+        for i in 2..=5 {
+            hb.observe(at(i as f64), 0, rec(1, 2));
+        }
+        assert!(!hb.late(&cfg, at(4.0), after));
+        assert!(hb.late(&cfg, at(4.1), after));
+        assert_eq!(
+            hb.liveness(&cfg, at(4.1)),
+            Liveness::Alive,
+            "late is not yet stalled"
+        );
+        assert!(!hb.late(&cfg, at(9.5), after), "stale reads say nothing");
     }
 
     #[test]
@@ -179,7 +225,10 @@ mod tests {
         // This host's reads stop (its storage failed): no evidence of a stall.
         assert_eq!(hb.liveness(&cfg, at(10.0)), Liveness::Unknown);
         hb.observe(at(10.0), 0, rec(1, 2));
-        assert_eq!(hb.liveness(&cfg, at(10.0)), Liveness::Stalled { since: at(1.0) });
+        assert_eq!(
+            hb.liveness(&cfg, at(10.0)),
+            Liveness::Stalled { since: at(1.0) }
+        );
     }
 
     #[test]
@@ -189,7 +238,10 @@ mod tests {
         for i in 0..=5 {
             hb.observe(at(i as f64), 0, None);
         }
-        assert_eq!(hb.liveness(&cfg, at(5.0)), Liveness::Stalled { since: at(0.0) });
+        assert_eq!(
+            hb.liveness(&cfg, at(5.0)),
+            Liveness::Stalled { since: at(0.0) }
+        );
     }
 
     #[test]
@@ -201,7 +253,10 @@ mod tests {
         for i in 2..=8 {
             hb.observe(at(i as f64), 0, rec(1, 51));
         }
-        assert!(matches!(hb.liveness(&cfg, at(8.0)), Liveness::Stalled { .. }));
+        assert!(matches!(
+            hb.liveness(&cfg, at(8.0)),
+            Liveness::Stalled { .. }
+        ));
         assert_eq!(hb.observe(at(9.0), 0, rec(2, 1)), Observed::Advanced);
         assert_eq!(hb.liveness(&cfg, at(9.0)), Liveness::Alive);
     }

@@ -213,7 +213,8 @@ impl Runtime<Ident> for Rt<'_> {
 
     fn submit_after(&mut self, event: Timer<Ident>, after: Duration) {
         *self.timer_seq += 1;
-        self.timers.insert((self.now + after, *self.timer_seq), event);
+        self.timers
+            .insert((self.now + after, *self.timer_seq), event);
     }
 }
 
@@ -232,7 +233,12 @@ pub struct Membership {
 
 impl std::fmt::Debug for Membership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Membership({:?}, {} timers)", self.foca.identity(), self.timers.len())
+        write!(
+            f,
+            "Membership({:?}, {} timers)",
+            self.foca.identity(),
+            self.timers.len()
+        )
     }
 }
 
@@ -242,14 +248,15 @@ pub fn foca_config(config: &Config) -> foca::Config {
     let mut c = foca::Config::simple();
     c.probe_period = s.probe_period;
     c.probe_rtt = s.probe_rtt;
-    c.num_indirect_probes = NonZeroUsize::new(usize::from(s.num_indirect_probes.get()))
-        .unwrap_or(NonZeroUsize::MIN);
+    c.num_indirect_probes =
+        NonZeroUsize::new(usize::from(s.num_indirect_probes.get())).unwrap_or(NonZeroUsize::MIN);
     c.max_transmissions = s.max_transmissions;
     c.suspect_to_down_after = s.suspect_to_down_after;
     // Members rejoin with a new generation, so forgetting Down identities is only a memory
     // matter; a day keeps it bounded by the number of restarts per day.
     c.remove_down_after = Some(Duration::from_secs(24 * 3600));
-    c.max_packet_size = NonZeroUsize::new(usize::from(s.max_packet_bytes)).unwrap_or(NonZeroUsize::MIN);
+    c.max_packet_size =
+        NonZeroUsize::new(usize::from(s.max_packet_bytes)).unwrap_or(NonZeroUsize::MIN);
     c.notify_down_members = true;
     c.periodic_announce = Some(foca::PeriodicParams {
         frequency: Duration::from_secs(30),
@@ -261,7 +268,8 @@ pub fn foca_config(config: &Config) -> foca::Config {
     });
     c.periodic_gossip = Some(foca::PeriodicParams {
         frequency: s.gossip_period,
-        num_members: NonZeroUsize::new(usize::from(s.gossip_fanout.get())).unwrap_or(NonZeroUsize::MIN),
+        num_members: NonZeroUsize::new(usize::from(s.gossip_fanout.get()))
+            .unwrap_or(NonZeroUsize::MIN),
     });
     c
 }
@@ -272,7 +280,10 @@ impl Membership {
         let inbox: Inbox = Arc::default();
         let handler = Handler::new(config.n(), inbox.clone());
         let foca = Foca::with_custom_broadcast(
-            Ident { member: me, generation },
+            Ident {
+                member: me,
+                generation,
+            },
             foca_config(config),
             ChaCha8Rng::seed_from_u64(seed),
             SwimCodec,
@@ -321,14 +332,28 @@ impl Membership {
             let (mut rt, foca) = self.rt(now);
             // The destination generation is irrelevant for Announce (foca accepts any identity
             // with its address).
-            if foca.announce(Ident { member: m, generation: 0 }, &mut rt).is_err() {
+            if foca
+                .announce(
+                    Ident {
+                        member: m,
+                        generation: 0,
+                    },
+                    &mut rt,
+                )
+                .is_err()
+            {
                 self.errors += 1;
             }
         }
     }
 
     /// Handles one SWIM packet from the authenticated peer `from`.
-    pub fn handle_packet(&mut self, now: Instant, from: MemberId, packet: &[u8]) -> Result<(), SwimDrop> {
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        from: MemberId,
+        packet: &[u8],
+    ) -> Result<(), SwimDrop> {
         let mut peek = packet;
         let header = foca::Codec::decode_header(&mut SwimCodec, &mut peek)
             .map_err(|_| SwimDrop::Rejected("malformed"))?;

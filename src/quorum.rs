@@ -51,7 +51,11 @@ mod tests {
             assert_eq!(cols.len(), 3, "row {line:?}");
             let (n, q, max_unhealthy) = (cols[0], cols[1], cols[2]);
             assert_eq!(quorum(n), q, "quorum({n})");
-            assert_eq!(default_max_unhealthy(n), max_unhealthy, "default_max_unhealthy({n})");
+            assert_eq!(
+                default_max_unhealthy(n),
+                max_unhealthy,
+                "default_max_unhealthy({n})"
+            );
             rows += 1;
         }
         assert!(rows >= 10);

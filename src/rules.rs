@@ -88,6 +88,8 @@ pub struct TargetFacts {
     pub swim: SwimState,
     /// Storage heartbeat liveness.
     pub storage: Liveness,
+    /// The heartbeat advanced after SWIM declared the target Down (it runs, it is cut off).
+    pub heartbeat_after_down: bool,
     /// The target reports its management agent dead.
     pub agent_dead: bool,
     /// In maintenance.
@@ -141,7 +143,10 @@ pub fn classify(f: &TargetFacts) -> TargetClass {
         SwimState::Alive | SwimState::Unknown => TargetClass::Available,
         SwimState::Suspect => TargetClass::Suspect,
         SwimState::Down => match f.storage {
-            Liveness::Alive => TargetClass::Partitioned,
+            Liveness::Alive if f.heartbeat_after_down => TargetClass::Partitioned,
+            // Alive only because the last change is recent: it may just have died. Not fenceable
+            // (not stalled), but not known partitioned either.
+            Liveness::Alive => TargetClass::Checking,
             Liveness::Unknown => TargetClass::Checking,
             Liveness::Stalled { .. } if f.boot.is_none() => TargetClass::NoBoot,
             Liveness::Stalled { .. } => TargetClass::Fenceable,
@@ -270,20 +275,70 @@ mod tests {
         use Ineligible::*;
         let cases: Vec<(&str, EligibilityFacts, Result<(), Ineligible>)> = vec![
             ("all hold", facts(), Ok(())),
-            ("quiet period", EligibilityFacts { initializing: true, ..facts() }, Err(Initializing)),
-            ("E1 unhealthy", EligibilityFacts { verdict: Verdict::Unhealthy, ..facts() }, Err(Unhealthy)),
-            ("E2 minority", EligibilityFacts { visible: 2, ..facts() }, Err(NoQuorum)),
-            ("E3 disarmed", EligibilityFacts { armed: false, ..facts() }, Err(Disarmed)),
-            ("E4 storm", EligibilityFacts { storm: true, ..facts() }, Err(Storm)),
-            ("observe", EligibilityFacts { mode: Mode::Observe, ..facts() }, Err(Observe)),
+            (
+                "quiet period",
+                EligibilityFacts {
+                    initializing: true,
+                    ..facts()
+                },
+                Err(Initializing),
+            ),
+            (
+                "E1 unhealthy",
+                EligibilityFacts {
+                    verdict: Verdict::Unhealthy,
+                    ..facts()
+                },
+                Err(Unhealthy),
+            ),
+            (
+                "E2 minority",
+                EligibilityFacts {
+                    visible: 2,
+                    ..facts()
+                },
+                Err(NoQuorum),
+            ),
+            (
+                "E3 disarmed",
+                EligibilityFacts {
+                    armed: false,
+                    ..facts()
+                },
+                Err(Disarmed),
+            ),
+            (
+                "E4 storm",
+                EligibilityFacts {
+                    storm: true,
+                    ..facts()
+                },
+                Err(Storm),
+            ),
+            (
+                "observe",
+                EligibilityFacts {
+                    mode: Mode::Observe,
+                    ..facts()
+                },
+                Err(Observe),
+            ),
             (
                 "unhealthy beats observe",
-                EligibilityFacts { mode: Mode::Observe, verdict: Verdict::Unhealthy, ..facts() },
+                EligibilityFacts {
+                    mode: Mode::Observe,
+                    verdict: Verdict::Unhealthy,
+                    ..facts()
+                },
                 Err(Unhealthy),
             ),
             (
                 "storm beats observe: a storm is never 'would fence'",
-                EligibilityFacts { mode: Mode::Observe, storm: true, ..facts() },
+                EligibilityFacts {
+                    mode: Mode::Observe,
+                    storm: true,
+                    ..facts()
+                },
                 Err(Storm),
             ),
         ];
@@ -295,7 +350,10 @@ mod tests {
     fn target() -> TargetFacts {
         TargetFacts {
             swim: SwimState::Down,
-            storage: Liveness::Stalled { since: Instant::ZERO },
+            storage: Liveness::Stalled {
+                since: Instant::ZERO,
+            },
+            heartbeat_after_down: false,
             agent_dead: false,
             maintenance: false,
             left: false,
@@ -311,24 +369,112 @@ mod tests {
         let b2 = Some(BootId([2; 16]));
         let cases: Vec<(&str, TargetFacts, TargetClass)> = vec![
             ("down and stalled", target(), Fenceable),
-            ("down, storage alive: partitioned", TargetFacts { storage: Liveness::Alive, ..target() }, Partitioned),
-            ("down, storage unknown", TargetFacts { storage: Liveness::Unknown, ..target() }, Checking),
-            ("maintenance", TargetFacts { maintenance: true, ..target() }, Exempt),
-            ("left cleanly", TargetFacts { left: true, ..target() }, Exempt),
-            ("fenced this boot", TargetFacts { fenced_boot: b1, ..target() }, AlreadyFenced),
-            ("fenced an earlier boot", TargetFacts { fenced_boot: b2, ..target() }, Fenceable),
-            ("no boot known", TargetFacts { boot: None, ..target() }, NoBoot),
-            ("alive", TargetFacts { swim: SwimState::Alive, storage: Liveness::Alive, ..target() }, Available),
-            ("alive, storage stalled: not down", TargetFacts { swim: SwimState::Alive, ..target() }, Available),
-            ("suspect", TargetFacts { swim: SwimState::Suspect, ..target() }, Suspect),
+            (
+                "down, heartbeat moved since: partitioned",
+                TargetFacts {
+                    storage: Liveness::Alive,
+                    heartbeat_after_down: true,
+                    ..target()
+                },
+                Partitioned,
+            ),
+            (
+                "down, last beat recent but none since: checking, not fenceable",
+                TargetFacts {
+                    storage: Liveness::Alive,
+                    ..target()
+                },
+                Checking,
+            ),
+            (
+                "down, storage unknown",
+                TargetFacts {
+                    storage: Liveness::Unknown,
+                    ..target()
+                },
+                Checking,
+            ),
+            (
+                "maintenance",
+                TargetFacts {
+                    maintenance: true,
+                    ..target()
+                },
+                Exempt,
+            ),
+            (
+                "left cleanly",
+                TargetFacts {
+                    left: true,
+                    ..target()
+                },
+                Exempt,
+            ),
+            (
+                "fenced this boot",
+                TargetFacts {
+                    fenced_boot: b1,
+                    ..target()
+                },
+                AlreadyFenced,
+            ),
+            (
+                "fenced an earlier boot",
+                TargetFacts {
+                    fenced_boot: b2,
+                    ..target()
+                },
+                Fenceable,
+            ),
+            (
+                "no boot known",
+                TargetFacts {
+                    boot: None,
+                    ..target()
+                },
+                NoBoot,
+            ),
+            (
+                "alive",
+                TargetFacts {
+                    swim: SwimState::Alive,
+                    storage: Liveness::Alive,
+                    ..target()
+                },
+                Available,
+            ),
+            (
+                "alive, storage stalled: not down",
+                TargetFacts {
+                    swim: SwimState::Alive,
+                    ..target()
+                },
+                Available,
+            ),
+            (
+                "suspect",
+                TargetFacts {
+                    swim: SwimState::Suspect,
+                    ..target()
+                },
+                Suspect,
+            ),
             (
                 "agent dead, storage alive: unmanageable",
-                TargetFacts { swim: SwimState::Alive, storage: Liveness::Alive, agent_dead: true, ..target() },
+                TargetFacts {
+                    swim: SwimState::Alive,
+                    storage: Liveness::Alive,
+                    agent_dead: true,
+                    ..target()
+                },
                 Unmanageable,
             ),
             (
                 "agent dead but down and stalled: really dead",
-                TargetFacts { agent_dead: true, ..target() },
+                TargetFacts {
+                    agent_dead: true,
+                    ..target()
+                },
                 Fenceable,
             ),
         ];
@@ -340,7 +486,16 @@ mod tests {
     #[test]
     fn only_fenceable_targets_get_votes() {
         use TargetClass::*;
-        for class in [Exempt, AlreadyFenced, Available, Unmanageable, Suspect, Partitioned, Checking, NoBoot] {
+        for class in [
+            Exempt,
+            AlreadyFenced,
+            Available,
+            Unmanageable,
+            Suspect,
+            Partitioned,
+            Checking,
+            NoBoot,
+        ] {
             assert!(refusal_for(class).is_some(), "{class:?}");
         }
         assert_eq!(refusal_for(Fenceable), None);
@@ -358,18 +513,87 @@ mod tests {
         };
         let cases = vec![
             ("checking", base, HaState::Checking),
-            ("fencing", HaFacts { fencing: true, ..base }, HaState::Fencing),
-            ("disarmed", HaFacts { armed: false, ..base }, HaState::Disabled),
-            ("retry pending", HaFacts { retry_pending: true, ..base }, HaState::FenceFailed),
-            ("attempts exhausted", HaFacts { failed: true, retry_pending: true, ..base }, HaState::Failed),
-            ("fenced", HaFacts { class: TargetClass::AlreadyFenced, ..base }, HaState::Fenced),
-            ("maintenance", HaFacts { class: TargetClass::Exempt, fencing: true, ..base }, HaState::Ineligible),
-            ("partitioned", HaFacts { class: TargetClass::Partitioned, ..base }, HaState::Partitioned),
-            ("unmanageable", HaFacts { class: TargetClass::Unmanageable, ..base }, HaState::Unmanageable),
-            ("quiet period", HaFacts { initializing: true, ..base }, HaState::Initializing),
+            (
+                "fencing",
+                HaFacts {
+                    fencing: true,
+                    ..base
+                },
+                HaState::Fencing,
+            ),
+            (
+                "disarmed",
+                HaFacts {
+                    armed: false,
+                    ..base
+                },
+                HaState::Disabled,
+            ),
+            (
+                "retry pending",
+                HaFacts {
+                    retry_pending: true,
+                    ..base
+                },
+                HaState::FenceFailed,
+            ),
+            (
+                "attempts exhausted",
+                HaFacts {
+                    failed: true,
+                    retry_pending: true,
+                    ..base
+                },
+                HaState::Failed,
+            ),
+            (
+                "fenced",
+                HaFacts {
+                    class: TargetClass::AlreadyFenced,
+                    ..base
+                },
+                HaState::Fenced,
+            ),
+            (
+                "maintenance",
+                HaFacts {
+                    class: TargetClass::Exempt,
+                    fencing: true,
+                    ..base
+                },
+                HaState::Ineligible,
+            ),
+            (
+                "partitioned",
+                HaFacts {
+                    class: TargetClass::Partitioned,
+                    ..base
+                },
+                HaState::Partitioned,
+            ),
+            (
+                "unmanageable",
+                HaFacts {
+                    class: TargetClass::Unmanageable,
+                    ..base
+                },
+                HaState::Unmanageable,
+            ),
+            (
+                "quiet period",
+                HaFacts {
+                    initializing: true,
+                    ..base
+                },
+                HaState::Initializing,
+            ),
             (
                 "failed host that is back up is available",
-                HaFacts { class: TargetClass::Available, failed: true, ..base },
+                HaFacts {
+                    class: TargetClass::Available,
+                    failed: true,
+                    ..base
+                },
                 HaState::Available,
             ),
         ];

@@ -16,6 +16,7 @@ pub fn config(n: usize) -> Config {
 
 /// The raw form of [`config`], to tweak before validating.
 pub fn raw(n: usize) -> crate::config::RawConfig {
-    let members: Vec<(String, PublicKey)> = (0..n).map(|i| (format!("h{i}"), key(i).public())).collect();
+    let members: Vec<(String, PublicKey)> =
+        (0..n).map(|i| (format!("h{i}"), key(i).public())).collect();
     raw_for_members("test", &members)
 }

@@ -99,7 +99,10 @@ mod tests {
 
     #[test]
     fn stretch_rounds_up() {
-        assert_eq!(stretch(Duration::from_secs(10), 1000), Duration::from_micros(10_010_001));
+        assert_eq!(
+            stretch(Duration::from_secs(10), 1000),
+            Duration::from_micros(10_010_001)
+        );
         assert!(stretch(Duration::ZERO, 0) > Duration::ZERO);
     }
 }

@@ -80,7 +80,9 @@ pub struct ClusterId(String);
 
 /// Why a string is not a valid cluster name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cluster name {value:?} is invalid: it must be 1 to 64 bytes of lowercase letters, digits, '.', '_' or '-'")]
+#[error(
+    "cluster name {value:?} is invalid: it must be 1 to 64 bytes of lowercase letters, digits, '.', '_' or '-'"
+)]
 pub struct InvalidClusterId {
     /// The rejected value (truncated to 80 characters so that garbage cannot flood a log line).
     pub value: String,
@@ -236,7 +238,11 @@ impl Signature {
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sig:{:02x}{:02x}{:02x}{:02x}", self.r[0], self.r[1], self.r[2], self.r[3])
+        write!(
+            f,
+            "sig:{:02x}{:02x}{:02x}{:02x}",
+            self.r[0], self.r[1], self.r[2], self.r[3]
+        )
     }
 }
 
@@ -257,13 +263,19 @@ mod tests {
 
     #[test]
     fn newer_generation_wins_and_renew_grows() {
-        let a = Ident { member: MemberId(3), generation: 7 };
+        let a = Ident {
+            member: MemberId(3),
+            generation: 7,
+        };
         let b = a.renew().expect("not exhausted");
         assert_eq!(b.generation, 8);
         assert_eq!(a.addr(), b.addr());
         assert!(b.win_addr_conflict(&a));
         assert!(!a.win_addr_conflict(&b));
-        let last = Ident { member: MemberId(3), generation: u32::MAX };
+        let last = Ident {
+            member: MemberId(3),
+            generation: u32::MAX,
+        };
         assert!(last.renew().is_none());
     }
 

@@ -46,7 +46,10 @@ pub enum SelfFenceAction {
 impl SelfFenceAction {
     /// Whether the action stops the host's VMs.
     pub fn stops_vms(self) -> bool {
-        matches!(self, SelfFenceAction::Reboot | SelfFenceAction::GracefulReboot)
+        matches!(
+            self,
+            SelfFenceAction::Reboot | SelfFenceAction::GracefulReboot
+        )
     }
 }
 

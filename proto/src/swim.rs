@@ -68,7 +68,11 @@ impl Codec<Ident> for SwimCodec {
         Self::take(buf)
     }
 
-    fn encode_member(&mut self, member: &Member<Ident>, buf: impl BufMut) -> Result<(), Self::Error> {
+    fn encode_member(
+        &mut self,
+        member: &Member<Ident>,
+        buf: impl BufMut,
+    ) -> Result<(), Self::Error> {
         Self::put(member, buf)
     }
 

@@ -15,8 +15,8 @@ use crate::durable::Promise;
 use crate::rules::{self, Ineligible};
 use crate::time::{Instant, millis_u32};
 use peerfence_proto::{
-    BootId, FenceKind, FenceOutcome, MemberId, Message, OutcomeResult, Proposal,
-    QuorumCertificate, RefuseReason, Refusal, Round, SignedVote, Vote, VoteEvidence,
+    BootId, FenceKind, FenceOutcome, MemberId, Message, OutcomeResult, Proposal, QuorumCertificate,
+    Refusal, RefuseReason, Round, SignedVote, Vote, VoteEvidence,
 };
 use rand::RngExt;
 use std::collections::BTreeMap;
@@ -130,7 +130,8 @@ impl Node {
 
     fn pick_lane(&self, target: MemberId) -> Option<u8> {
         (0..self.cfg.fencing.max_concurrent.get()).find(|&l| {
-            self.durable.lane_holder(l, target).is_none() && self.lane_hints[usize::from(l)] <= self.now
+            self.durable.lane_holder(l, target).is_none()
+                && self.lane_hints[usize::from(l)] <= self.now
         })
     }
 
@@ -179,6 +180,7 @@ impl Node {
                 }
             }
         }
+        self.durable.open_round(proposal);
         self.persist();
         self.send_all(Message::Propose(proposal), true);
         self.rounds.insert(
@@ -478,6 +480,9 @@ impl Node {
 
     /// Drops this node's promise for `proposal` and its unstarted slot, if held.
     pub(super) fn release_local(&mut self, proposal: &Proposal) {
+        if self.durable.close_round(proposal) {
+            self.dirty = true;
+        }
         if self.durable.release(proposal) {
             self.dirty = true;
             if let Some(s) = proposal.budget_slot

@@ -66,7 +66,10 @@ impl Node {
             && self.peers[t.index()].boot == Some(p.target_boot);
         let still_eligible = rules::eligibility(&self.eligibility_facts()).is_ok();
         if !still_fenceable || !still_eligible {
-            self.send_all(Message::Release(peerfence_proto::Release { proposal: p }), true);
+            self.send_all(
+                Message::Release(peerfence_proto::Release { proposal: p }),
+                true,
+            );
             self.release_local(&p);
             self.emit(Event::RoundAbandoned {
                 proposal: p,
@@ -93,6 +96,7 @@ impl Node {
             deadline: self.now + self.cfg.attempt_max(),
             outcome: None,
         });
+        self.durable.close_round(&p);
         self.dirty = true;
         self.persist();
         self.send_all(Message::Certificate((*qc).clone()), true);
@@ -256,8 +260,12 @@ impl Node {
                             alive_seen,
                         };
                     }
-                    if !alive_seen && self.now >= confirm_at && self.liveness(t) != Liveness::Alive {
-                        self.finish(t, OutcomeResult::Confirmed(Evidence::WatchdogDeadline { level }));
+                    if !alive_seen && self.now >= confirm_at && self.liveness(t) != Liveness::Alive
+                    {
+                        self.finish(
+                            t,
+                            OutcomeResult::Confirmed(Evidence::WatchdogDeadline { level }),
+                        );
                         continue;
                     }
                     if self.now >= deadline {
@@ -321,7 +329,13 @@ impl Node {
                     && let Evidence::PowerOff { level } = evidence
                 {
                     let id = self.next_command_id();
-                    let timeout = match self.cfg.fencing.levels.get(usize::from(level)).map(|l| l.kind) {
+                    let timeout = match self
+                        .cfg
+                        .fencing
+                        .levels
+                        .get(usize::from(level))
+                        .map(|l| l.kind)
+                    {
                         Some(LevelKind::Agent { timeout }) => timeout,
                         _ => self.cfg.fencing.status_poll_interval,
                     };
@@ -415,11 +429,38 @@ impl Node {
         if inflight {
             self.peers[m.index()].inflight = None;
             self.confirmed(m, old, evidence);
+            return;
+        }
+        // No fence ran to completion, but this node judged the host dead in `old` (its watchdog
+        // or an operator rebooted it): the old boot's VMs are gone all the same, and the cloud
+        // may recover them. Nothing is recorded as fenced and no budget is spent.
+        let p = &mut self.peers[m.index()];
+        if p.considered_dead == Some(old) && p.safe_reported != Some(old) {
+            p.safe_reported = Some(old);
+            p.considered_dead = None;
+            self.emit(Event::SafeToRecover {
+                target: m,
+                boot: old,
+                evidence,
+            });
         }
     }
 
-    /// At start: attempts this node began before restarting may still run until their deadline.
+    /// At start: attempts this node began before restarting may still run until their deadline;
+    /// rounds it opened without starting a fence are released now.
     pub(super) fn resume_interrupted_attempts(&mut self) {
+        let open = std::mem::take(&mut self.durable.open_rounds);
+        for p in open {
+            let started = self.durable.fence_log.iter().any(|r| r.qc.proposal == p);
+            if !started {
+                self.durable.release(&p);
+                self.send_all(
+                    Message::Release(peerfence_proto::Release { proposal: p }),
+                    true,
+                );
+            }
+        }
+        self.dirty = true;
         self.interrupted = self
             .durable
             .fence_log

@@ -11,8 +11,8 @@ use crate::membership::SwimState;
 use crate::rules::{HaState, Ineligible};
 use bytes::Bytes;
 use peerfence_proto::{
-    BootId, Evidence, FailReason, AbortReason, HeartbeatRecord, MemberId, Proposal, QuorumCertificate,
-    RefuseReason, SelfFenceAction, Verdict,
+    AbortReason, BootId, Evidence, FailReason, HeartbeatRecord, MemberId, Proposal,
+    QuorumCertificate, RefuseReason, SelfFenceAction, Verdict,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

@@ -153,6 +153,7 @@ impl Node {
             deadline: self.now,
             outcome: None,
         });
+        self.durable.close_round(&qc.proposal);
         if stops {
             self.durable.watchdog_stopped_for = Some(self.boot);
         }
@@ -173,8 +174,12 @@ impl Node {
             action: local,
             reason: SelfFenceReason::QuorumAgreed,
         });
-        self.self_fence.next_try =
-            self.now + self.cfg.self_fence.grace.max(self.cfg.self_fence.retry_interval);
+        self.self_fence.next_try = self.now
+            + self
+                .cfg
+                .self_fence
+                .grace
+                .max(self.cfg.self_fence.retry_interval);
     }
 
     /// This host's own pill slot was read.
@@ -259,7 +264,9 @@ impl Node {
         if !cfg.watchdog.enabled || self.durable.watchdog_stopped_for == Some(self.boot) {
             return;
         }
-        let storage_ok = self.local.wrote_within(self.now, cfg.storage_failed_detect());
+        let storage_ok = self
+            .local
+            .wrote_within(self.now, cfg.storage_failed_detect());
         let vouching = self
             .contact
             .vouched
@@ -267,7 +274,9 @@ impl Node {
             .enumerate()
             .filter(|(i, v)| {
                 *i != self.me.index()
-                    && v.is_some_and(|t| self.now.saturating_since(t) <= cfg.watchdog.contact_timeout)
+                    && v.is_some_and(|t| {
+                        self.now.saturating_since(t) <= cfg.watchdog.contact_timeout
+                    })
             })
             .count();
         let quorate = 1 + vouching >= cfg.quorum();
@@ -292,12 +301,13 @@ impl Node {
 
     /// Whether this node has agreed to, runs, or recorded a fence against `m` in `boot`.
     fn against(&self, m: MemberId, boot: BootId) -> bool {
-        self.durable.promise_for(m).is_some_and(|p| {
-            p.proposal.target_boot == boot && p.proposal.kind.stops_vms()
-        }) || self
-            .executions
-            .get(&m)
-            .is_some_and(|e| e.qc.proposal.target_boot == boot)
+        self.durable
+            .promise_for(m)
+            .is_some_and(|p| p.proposal.target_boot == boot && p.proposal.kind.stops_vms())
+            || self
+                .executions
+                .get(&m)
+                .is_some_and(|e| e.qc.proposal.target_boot == boot)
             || self.peers[m.index()]
                 .inflight
                 .as_ref()

@@ -334,7 +334,10 @@ impl Node {
             self.drain_swim();
         }
         self.persist();
-        assert!(self.out.len() < OUTPUTS_MAX, "driver stopped draining outputs");
+        assert!(
+            self.out.len() < OUTPUTS_MAX,
+            "driver stopped draining outputs"
+        );
     }
 
     /// Next output, in order.
@@ -373,6 +376,11 @@ impl Node {
     /// Message counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Current SWIM generation (written into heartbeat records so readers can order boots).
+    pub fn generation(&self) -> u32 {
+        self.swim.identity().generation
     }
 
     /// Own verdict.
@@ -696,6 +704,11 @@ impl Node {
                 return;
             }
             Some(b) if b == boot => {
+                if generation > p.boot_generation && p.considered_dead == Some(boot) {
+                    // A new daemon generation in the same boot: the host lives (only its daemon
+                    // restarted), its VMs may well run.
+                    p.considered_dead = None;
+                }
                 p.boot_generation = p.boot_generation.max(generation);
                 return;
             }
@@ -804,10 +817,7 @@ impl Node {
 
     fn evaluate(&mut self) {
         let cfg = self.cfg.clone();
-        if self
-            .durable
-            .expire(self.now, cfg.fencing.budget_window)
-        {
+        if self.durable.expire(self.now, cfg.fencing.budget_window) {
             self.dirty = true;
         }
         self.refresh_swim();
@@ -938,7 +948,9 @@ impl Node {
             if m == self.me {
                 continue;
             }
-            let class = rules::classify(&self.target_facts(m));
+            let facts = self.target_facts(m);
+            let storage_alive = facts.storage == Liveness::Alive;
+            let class = rules::classify(&facts);
             let fencing = self.executions.contains_key(&m)
                 || self.interrupted.iter().any(|i| i.proposal.target == m)
                 || self.peers[m.index()]
@@ -946,6 +958,19 @@ impl Node {
                     .as_ref()
                     .is_some_and(|f| Some(f.proposal.target_boot) == self.peers[m.index()].boot);
             let p = &mut self.peers[m.index()];
+            match class {
+                TargetClass::Checking | TargetClass::Fenceable | TargetClass::NoBoot => {
+                    if let Some(b) = p.boot {
+                        p.considered_dead = Some(b);
+                    }
+                }
+                TargetClass::Partitioned | TargetClass::Unmanageable => p.considered_dead = None,
+                // Back in SWIM *and* its heartbeat moving: that boot lives.
+                TargetClass::Available | TargetClass::Suspect if storage_alive => {
+                    p.considered_dead = None
+                }
+                _ => {}
+            }
             if class == TargetClass::Fenceable {
                 p.fenceable_since.get_or_insert(self.now);
             } else {

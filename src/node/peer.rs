@@ -1,8 +1,8 @@
 //! What a node keeps about each peer, and the facts the rules read from it.
 
 use super::Node;
-use crate::heartbeat::{Liveness, PeerHeartbeat};
 use super::io::PowerState;
+use crate::heartbeat::{Liveness, PeerHeartbeat};
 use crate::membership::SwimState;
 use crate::rules::{HaState, TargetFacts};
 use crate::time::Instant;
@@ -54,6 +54,9 @@ pub(super) struct Peer {
     pub reported_budget: Option<BootId>,
     /// Boot already announced safe to recover.
     pub safe_reported: Option<BootId>,
+    /// This node judged the member dead (Checking, Fencing, FenceFailed, Failed) in this boot
+    /// and has not seen that boot alive since: a new boot then proves its VMs gone.
+    pub considered_dead: Option<BootId>,
     /// Earliest time this node may propose on this target again (after an abandoned round).
     pub next_round_at: Instant,
 }
@@ -81,6 +84,7 @@ impl Peer {
             reported_would: None,
             reported_budget: None,
             safe_reported: None,
+            considered_dead: None,
             next_round_at: Instant::ZERO,
         }
     }
@@ -133,7 +137,11 @@ impl Node {
         let agent_dead = p
             .fresh_health(self.now)
             .is_some_and(|h| h.agent == AgentHealth::Dead);
+        let heartbeat_after_down =
+            p.hb.last_change()
+                .is_some_and(|c| c > p.swim_since && p.swim == SwimState::Down);
         TargetFacts {
+            heartbeat_after_down,
             swim: self.effective_swim(m),
             storage: p.hb.liveness(&self.cfg, self.now),
             agent_dead,
@@ -144,7 +152,16 @@ impl Node {
         }
     }
 
-    /// Whether `m` counts toward the storm threshold: Down, or reporting itself Unhealthy.
+    /// Whether `m` counts toward the storm threshold (rule E4): Down or Suspect in SWIM, its
+    /// storage heartbeat late, or reporting itself Unhealthy.
+    ///
+    /// Simultaneous failures are detected a second or two apart, and a common-mode failure must
+    /// look like one when its first victim becomes fenceable. "Late" is the earliest signal: no
+    /// heartbeat change for longer than one interval plus one write timeout (longer than any
+    /// healthy or merely slow writer takes), with fresh reads. A target is fenceable only after a
+    /// full `activity_timeout` of silence, so every host that died within a couple of seconds of
+    /// it is already late by then. Fenced hosts count too: they are down, and a second failure
+    /// while the first is unresolved is exactly when blast-radius limits matter.
     pub(super) fn counts_as_unhealthy(&self, m: MemberId) -> bool {
         if m == self.me {
             return self.verdict != Verdict::Healthy;
@@ -153,7 +170,9 @@ impl Node {
         if self.durable.in_maintenance(m) || p.left.is_some_and(|g| g >= p.generation) {
             return false;
         }
-        self.effective_swim(m) == SwimState::Down
+        let late_after = self.cfg.storage.heartbeat_interval + self.cfg.storage.write_timeout;
+        matches!(self.effective_swim(m), SwimState::Down | SwimState::Suspect)
+            || p.hb.late(&self.cfg, self.now, late_after)
             || p.fresh_health(self.now)
                 .is_some_and(|h| h.verdict == Verdict::Unhealthy && h.generation >= p.generation)
     }

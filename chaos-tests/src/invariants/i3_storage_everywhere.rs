@@ -1,0 +1,69 @@
+//! I3 — Shared storage lost everywhere ⇒ zero fences and zero self-fence actions that stop VMs.
+//!
+//! Why it must hold: when every host loses storage at once the fault is common-mode; fencing
+//! anyone (or everyone fencing themselves, as kvmheartbeat.sh does) turns a storage outage into
+//! a cluster-wide outage. No host is healthy, so none may vote. Checked: no fence start and no
+//! VM-stopping self-fence once storage has been lost everywhere for longer than a node needs to
+//! notice (plus the time a round stays open), and no watchdog reset of a host whose daemon runs
+//! in a quorate partition while storage is lost everywhere (its peers vouch for it).
+//!
+//! The one accepted exception is DESIGN.md's known trade-off (as in SBD): a host that was in a
+//! minority partition while storage was lost everywhere stops feeding, and may be reset even if
+//! the partition heals before its watchdog fires. So a reset is judged only when the host was in
+//! a quorate partition during its whole last watchdog window.
+
+use super::{Ctx, Found};
+
+pub struct Check;
+
+impl Check {
+    fn settled(ctx: &Ctx) -> Option<u64> {
+        let bound = Ctx::us(
+            ctx.cfg.storage_failed_detect()
+                + ctx.cfg.storage.heartbeat_interval
+                + ctx.cfg.fencing.proposal_timeout,
+        );
+        ctx.all_lost_since.filter(|&since| ctx.now >= since + bound)
+    }
+
+    pub fn on_action(&mut self, ctx: &Ctx, what: &str) -> Found {
+        match Self::settled(ctx) {
+            Some(since) => vec![(
+                "I3",
+                format!(
+                    "{what} while shared storage was lost everywhere (for {} ms)",
+                    (ctx.now - since) / 1000
+                ),
+            )],
+            None => Vec::new(),
+        }
+    }
+
+    pub fn on_watchdog_reset(&mut self, ctx: &Ctx, host: usize) -> Found {
+        if ctx.all_lost_since.is_none() || ctx.hosts[host].node.is_none() {
+            return Vec::new();
+        }
+        let window = Ctx::us(
+            ctx.cfg.watchdog.timeout
+                + ctx.cfg.watchdog.contact_timeout
+                + ctx.cfg.watchdog.contact_interval
+                + ctx.cfg.watchdog.feed_interval,
+        );
+        if ctx.minority_at[host].is_some_and(|t| t + window >= ctx.now) {
+            return Vec::new();
+        }
+        let up: Vec<bool> = ctx.hosts.iter().map(|h| h.node.is_some()).collect();
+        let comp = ctx.net.component(host, &up);
+        if comp.len() >= ctx.cfg.quorum() {
+            vec![(
+                "I3",
+                format!(
+                    "watchdog reset h{host} while storage was lost everywhere and it was in a quorate partition of {}",
+                    comp.len()
+                ),
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+}

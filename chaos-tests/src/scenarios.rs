@@ -1,0 +1,789 @@
+//! Named scenarios: a fault schedule drawn from the seed, the configuration it runs with, and the
+//! outcome it expects beyond the invariants (which every run checks anyway).
+
+use crate::net::NetParams;
+use crate::world::{
+    BmcMode, Fault, MS, RunResult, SEC, SimParams, StorageMode, Trigger, TriggerOn, host_secret,
+};
+use peerfence::config::{RawConfig, RawLevel, raw_for_members};
+use peerfence::crypto::VoteKey;
+use peerfence::node::{LocalAction, OperatorCommand, SelfFenceReason};
+use peerfence::rules::HaState;
+use peerfence_proto::{Evidence, MemberId, PublicKey};
+use rand::RngExt;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+
+/// What a scenario builds for one seed.
+pub struct Setup {
+    /// Hosts.
+    pub nodes: usize,
+    /// The scenario's own generator (seeded from the run seed).
+    pub rng: ChaCha8Rng,
+    /// Simulated duration, µs.
+    pub duration_us: u64,
+    /// Node configuration.
+    pub raw: RawConfig,
+    /// Simulation parameters.
+    pub params: SimParams,
+    /// Faults at true times.
+    pub faults: Vec<(u64, Fault)>,
+    /// Crash-mid-output triggers.
+    pub triggers: Vec<Trigger>,
+    /// Crashes that must be fenced: (host, time, liveness bound).
+    pub expected_crashes: Vec<(usize, u64, Option<u64>)>,
+    /// Hosts the scenario harms (for expectations).
+    pub victims: Vec<usize>,
+}
+
+/// A named scenario.
+pub struct Scenario {
+    /// Name used on the command line.
+    pub name: &'static str,
+    /// One line for `--list`.
+    pub about: &'static str,
+    /// Hosts unless `--nodes` says otherwise.
+    pub default_nodes: usize,
+    /// Fewest hosts it makes sense with.
+    pub min_nodes: usize,
+    /// Builds the setup.
+    pub build: fn(&mut Setup),
+    /// Checks the outcome; each string is one failed expectation.
+    pub expect: fn(&Setup, &RunResult) -> Vec<String>,
+}
+
+/// Member name of simulated host `i` (zero-padded so that the sorted roster keeps index order).
+pub fn host_name(i: usize) -> String {
+    format!("host{i:03}")
+}
+
+/// The configuration every scenario starts from: LAN timings, one shared path, a BMC level with
+/// a 10 s timeout and a poison-pill level, watchdogs everywhere.
+pub fn base_config(nodes: usize) -> RawConfig {
+    let members: Vec<(String, PublicKey)> = (0..nodes)
+        .map(|i| (host_name(i), VoteKey::from_secret(host_secret(i)).public()))
+        .collect();
+    let mut raw = raw_for_members("sim", &members);
+    raw.fencing.levels = Some(vec![
+        RawLevel {
+            name: "bmc".into(),
+            kind: "agent".into(),
+            timeout: Some("10s".into()),
+        },
+        RawLevel {
+            name: "pill".into(),
+            kind: "poison-pill".into(),
+            timeout: None,
+        },
+    ]);
+    raw.watchdog.enabled = Some(true);
+    raw
+}
+
+impl Setup {
+    /// The base setup for `nodes` hosts and `seed`.
+    pub fn new(nodes: usize, seed: u64) -> Self {
+        Self {
+            nodes,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5ce7_a210),
+            duration_us: 60 * SEC,
+            raw: base_config(nodes),
+            params: SimParams::default(),
+            faults: Vec::new(),
+            triggers: Vec::new(),
+            expected_crashes: Vec::new(),
+            victims: Vec::new(),
+        }
+    }
+
+    fn at(&mut self, lo_s: u64, hi_s: u64) -> u64 {
+        self.rng.random_range(lo_s * SEC..=hi_s * SEC)
+    }
+
+    fn host(&mut self) -> usize {
+        self.rng.random_range(0..self.nodes)
+    }
+
+    fn distinct(&mut self, k: usize) -> Vec<usize> {
+        let mut all: Vec<usize> = (0..self.nodes).collect();
+        all.shuffle(&mut self.rng);
+        all.truncate(k);
+        all
+    }
+
+    fn fault(&mut self, at: u64, f: Fault) {
+        self.faults.push((at, f));
+    }
+
+    fn lost_storage(&mut self) -> StorageMode {
+        if self.rng.random_bool(0.5) {
+            StorageMode::Hang
+        } else {
+            StorageMode::Fail
+        }
+    }
+}
+
+// ----- expectation helpers --------------------------------------------------------------------
+
+fn only_fenced(r: &RunResult, allowed: &[usize], out: &mut Vec<String>) {
+    for f in &r.fences {
+        if !allowed.contains(&f.target) {
+            out.push(format!(
+                "h{} was fenced (by h{}), expected only {allowed:?}",
+                f.target, f.executor
+            ));
+        }
+    }
+}
+
+fn no_fences(r: &RunResult, out: &mut Vec<String>) {
+    if let Some(f) = r.fences.first() {
+        out.push(format!(
+            "{} fence start(s), expected none (first: h{} fenced h{})",
+            r.fences.len(),
+            f.executor,
+            f.target
+        ));
+    }
+}
+
+fn no_self_fences(r: &RunResult, out: &mut Vec<String>) {
+    if !r.self_fences.is_empty() {
+        out.push(format!(
+            "{} self-fence action(s), expected none",
+            r.self_fences.len()
+        ));
+    }
+}
+
+fn no_watchdog_resets(r: &RunResult, out: &mut Vec<String>) {
+    if r.watchdog_resets > 0 {
+        out.push(format!(
+            "{} watchdog reset(s), expected none",
+            r.watchdog_resets
+        ));
+    }
+}
+
+fn confirmed(r: &RunResult, host: usize) -> Option<Evidence> {
+    r.confirmations
+        .iter()
+        .find(|((h, _), _)| *h == host)
+        .map(|(_, (_, e))| *e)
+}
+
+// ----- scenarios ------------------------------------------------------------------------------
+
+fn crash_one(s: &mut Setup) {
+    s.duration_us = 60 * SEC;
+    let v = s.host();
+    let at = s.at(20, 30);
+    s.fault(at, Fault::CrashHost(v));
+    s.expected_crashes.push((v, at, Some(10 * SEC)));
+    s.victims = vec![v];
+}
+
+fn expect_crash_one(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    let v = s.victims[0];
+    only_fenced(r, &[v], &mut out);
+    if r.fences.is_empty() {
+        out.push(format!("crashed h{v} was never fenced"));
+    }
+    no_self_fences(r, &mut out);
+    out
+}
+
+fn crash_two_of_seven(s: &mut Setup) {
+    s.duration_us = 100 * SEC;
+    let v = s.distinct(2);
+    let at = s.at(20, 30);
+    let at2 = at + s.rng.random_range(0..=5 * SEC);
+    s.fault(at, Fault::CrashHost(v[0]));
+    s.fault(at2, Fault::CrashHost(v[1]));
+    // Usually ~6 s. The bound is larger because the second crash may hit the proposer of the
+    // first fence mid-round: its voters then keep their promises for a promise lifetime (~35 s
+    // here) before anyone else can gather a quorum. That is the price of one fence in flight
+    // per target (I4); see docs/SAFETY.md.
+    s.expected_crashes.push((v[0], at, Some(60 * SEC)));
+    s.expected_crashes.push((v[1], at2, Some(60 * SEC)));
+    s.victims = v;
+}
+
+fn expect_crash_two(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    only_fenced(r, &s.victims, &mut out);
+    for &v in &s.victims {
+        if confirmed(r, v).is_none() {
+            out.push(format!(
+                "crashed h{v} was never confirmed (fenced or rebooted)"
+            ));
+        }
+    }
+    no_self_fences(r, &mut out);
+    out
+}
+
+fn storage_loss_everywhere(s: &mut Setup) {
+    let at = s.at(20, 25);
+    let restore = at + s.rng.random_range(40 * SEC..=70 * SEC);
+    s.duration_us = restore + 40 * SEC;
+    let mode = s.lost_storage();
+    let all: Vec<usize> = (0..s.nodes).collect();
+    s.fault(
+        at,
+        Fault::Storage {
+            hosts: all.clone(),
+            path: None,
+            mode,
+            until_reboot: false,
+        },
+    );
+    s.fault(
+        restore,
+        Fault::Storage {
+            hosts: all,
+            path: None,
+            mode: StorageMode::Ok,
+            until_reboot: false,
+        },
+    );
+}
+
+fn expect_nothing_happens_storm(_s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    no_fences(r, &mut out);
+    no_self_fences(r, &mut out);
+    no_watchdog_resets(r, &mut out);
+    if !r.storm_reported {
+        out.push("no node reported a storm".into());
+    }
+    out
+}
+
+fn storage_loss_one(s: &mut Setup) {
+    s.duration_us = 110 * SEC;
+    let v = s.host();
+    let at = s.at(20, 25);
+    let mode = s.lost_storage();
+    s.fault(
+        at,
+        Fault::Storage {
+            hosts: vec![v],
+            path: None,
+            mode,
+            until_reboot: true,
+        },
+    );
+    s.victims = vec![v];
+}
+
+fn expect_storage_loss_one(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    let v = s.victims[0];
+    no_fences(r, &mut out);
+    let mine: Vec<_> = r
+        .self_fences
+        .iter()
+        .filter(|f| f.reason == SelfFenceReason::QuorumAgreed)
+        .collect();
+    if mine.len() != 1 || mine[0].host != v || mine[0].action != LocalAction::Reboot {
+        out.push(format!(
+            "expected exactly one quorum-agreed reboot of h{v}, got {:?}",
+            mine.iter().map(|f| (f.host, f.action)).collect::<Vec<_>>()
+        ));
+    }
+    if confirmed(r, v).is_none() {
+        out.push(format!("h{v}'s self-fence was never confirmed"));
+    }
+    out
+}
+
+fn storage_flapping_cascade(s: &mut Setup) {
+    // Hosts come back quickly, so what stops the cascade is the budget, not a storm.
+    s.params.boot_delay_us = (10 * SEC, 15 * SEC);
+    let order = s.distinct(s.nodes);
+    let victims = order.len().min(5);
+    let mut t = 20 * SEC;
+    for &v in &order[..victims] {
+        // The resync load moves to this host: its heartbeat writes time out and never land.
+        s.fault(
+            t,
+            Fault::Storage {
+                hosts: vec![v],
+                path: None,
+                mode: StorageMode::Hang,
+                until_reboot: true,
+            },
+        );
+        t += 30 * SEC;
+    }
+    // Others only see slow writes that still land: Slow is not Failed, and their heartbeat
+    // advances for everyone else. None of them may be touched.
+    for &v in &order[victims..] {
+        let at = s.at(20, 150);
+        s.fault(
+            at,
+            Fault::Storage {
+                hosts: vec![v],
+                path: None,
+                mode: StorageMode::Slow {
+                    latency_us: 1_500 * MS,
+                },
+                until_reboot: false,
+            },
+        );
+        s.fault(
+            at + 20 * SEC,
+            Fault::Storage {
+                hosts: vec![v],
+                path: None,
+                mode: StorageMode::Ok,
+                until_reboot: false,
+            },
+        );
+    }
+    s.duration_us = t + 30 * SEC;
+    s.victims = order[..victims].to_vec();
+}
+
+fn expect_cascade(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    no_fences(r, &mut out);
+    let budget = 3;
+    let done: Vec<usize> = r
+        .self_fences
+        .iter()
+        .filter(|f| f.reason == SelfFenceReason::QuorumAgreed && f.action.stops_vms())
+        .map(|f| f.host)
+        .collect();
+    if done.len() != budget {
+        out.push(format!("expected the budget ({budget}) to allow exactly {budget} self-fences, got {}: {done:?}", done.len()));
+    }
+    for h in &done {
+        if !s.victims.contains(h) {
+            out.push(format!("h{h} self-fenced but its writes were only slow"));
+        }
+    }
+    if !r.budget_exhausted && !r.self_fence_blocked {
+        out.push("nobody reported the budget exhausted or a self-fence blocked".into());
+    }
+    out
+}
+
+fn partition_minority(s: &mut Setup) {
+    let at = s.at(20, 25);
+    let heal = at + 60 * SEC;
+    s.duration_us = heal + 30 * SEC;
+    let order = s.distinct(s.nodes);
+    let minority = s.nodes - peerfence::quorum::quorum(s.nodes);
+    let groups = vec![order[minority..].to_vec(), order[..minority].to_vec()];
+    s.fault(at, Fault::Partition(groups));
+    s.fault(heal, Fault::Heal);
+}
+
+fn expect_quiet(_s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    no_fences(r, &mut out);
+    no_self_fences(r, &mut out);
+    no_watchdog_resets(r, &mut out);
+    out
+}
+
+fn partition_isolated_no_storage(s: &mut Setup) {
+    s.duration_us = 80 * SEC;
+    let v = s.host();
+    let at = s.at(20, 25);
+    let mode = s.lost_storage();
+    s.fault(at, Fault::Isolate(v));
+    s.fault(
+        at,
+        Fault::Storage {
+            hosts: vec![v],
+            path: None,
+            mode,
+            until_reboot: false,
+        },
+    );
+    s.expected_crashes.push((v, at, Some(15 * SEC)));
+    s.victims = vec![v];
+}
+
+fn expect_isolated(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    let v = s.victims[0];
+    only_fenced(r, &[v], &mut out);
+    if r.fences.is_empty() {
+        out.push(format!("isolated h{v} without storage was never fenced"));
+    }
+    out
+}
+
+fn agent_death(s: &mut Setup) {
+    s.duration_us = 60 * SEC;
+    let v = s.host();
+    let at = s.at(20, 25);
+    s.fault(at, Fault::AgentDeath(v));
+    s.victims = vec![v];
+}
+
+fn expect_agent_death(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = expect_quiet(s, r);
+    let v = s.victims[0];
+    if confirmed(r, v).is_some() {
+        out.push(format!(
+            "h{v} (agent dead, VMs running) was announced safe to recover"
+        ));
+    }
+    if !r
+        .ha_seen
+        .get(&v)
+        .is_some_and(|s| s.contains(&HaState::Unmanageable))
+    {
+        out.push(format!("no node reported h{v} Unmanageable"));
+    }
+    out
+}
+
+fn bmc_dead(s: &mut Setup) {
+    s.duration_us = 100 * SEC;
+    let v = s.host();
+    let at = s.at(20, 25);
+    let mode = if s.rng.random_bool(0.5) {
+        BmcMode::Hang
+    } else {
+        BmcMode::Fail
+    };
+    s.fault(at - SEC, Fault::Bmc(v, mode));
+    if s.rng.random_bool(0.5) {
+        s.fault(at, Fault::CrashHost(v));
+    } else {
+        // The daemon dies but the VMs run on: only the watchdog will stop them.
+        s.fault(at, Fault::CrashDaemon(v));
+    }
+    s.expected_crashes.push((v, at, Some(60 * SEC)));
+    s.victims = vec![v];
+}
+
+fn expect_bmc_dead(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    let v = s.victims[0];
+    only_fenced(r, &[v], &mut out);
+    match confirmed(r, v) {
+        Some(Evidence::PowerOff { .. }) => out.push(format!(
+            "h{v} confirmed by power Off although its BMC is dead"
+        )),
+        Some(_) => {}
+        None => out.push(format!("h{v} was never confirmed")),
+    }
+    out
+}
+
+fn restart_during_fence(s: &mut Setup) {
+    s.duration_us = 150 * SEC;
+    let v = s.host();
+    let at = s.at(20, 30);
+    s.fault(at, Fault::CrashHost(v));
+    s.expected_crashes.push((v, at, Some(120 * SEC)));
+    s.victims = vec![v];
+    let kinds = [
+        TriggerOn::Proposed,
+        TriggerOn::Voted,
+        TriggerOn::PersistAfterVote,
+        TriggerOn::FenceStarted,
+        TriggerOn::FenceCommand,
+    ];
+    let k = s.rng.random_range(1..=2);
+    for _ in 0..k {
+        let on = kinds[s.rng.random_range(0..kinds.len())];
+        let restart_after_us = s.rng.random_range(SEC..=3 * SEC);
+        s.triggers.push(Trigger {
+            on,
+            host: None,
+            restart_after_us,
+            fired: false,
+        });
+    }
+}
+
+fn expect_restart_during_fence(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    let v = s.victims[0];
+    only_fenced(r, &[v], &mut out);
+    if confirmed(r, v).is_none() {
+        out.push(format!(
+            "crashed h{v} was never confirmed (fenced or rebooted)"
+        ));
+    }
+    no_self_fences(r, &mut out);
+    out
+}
+
+fn storm(s: &mut Setup) {
+    s.duration_us = 60 * SEC;
+    let k = (2 * s.nodes).div_ceil(5);
+    let v = s.distinct(k);
+    let at = s.at(20, 25);
+    for &h in &v {
+        s.fault(at, Fault::CrashHost(h));
+    }
+    s.victims = v;
+}
+
+fn expect_storm(_s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    no_fences(r, &mut out);
+    no_self_fences(r, &mut out);
+    if !r.storm_reported {
+        out.push("no node reported a storm".into());
+    }
+    out
+}
+
+fn lossy_network(s: &mut Setup) {
+    s.duration_us = 90 * SEC;
+    s.params.net = NetParams {
+        loss_pct: 20,
+        dup_pct: 2,
+        delay_base_us: 200,
+        delay_jitter_us: 5 * MS,
+    };
+}
+
+fn random(s: &mut Setup) {
+    s.duration_us = 120 * SEC;
+    let n = s.nodes;
+    let faults = s.rng.random_range(2..=5);
+    for _ in 0..faults {
+        let at = s.at(15, 90);
+        let h = s.host();
+        let back = at + s.rng.random_range(5 * SEC..=40 * SEC);
+        match s.rng.random_range(0..11) {
+            0 => s.fault(at, Fault::CrashHost(h)),
+            1 => {
+                s.fault(at, Fault::CrashDaemon(h));
+                if s.rng.random_bool(0.7) {
+                    s.fault(back, Fault::RestartDaemon(h));
+                }
+            }
+            2 | 3 => {
+                let k = s.rng.random_range(1..=n);
+                let hosts = s.distinct(k);
+                let mode = match s.rng.random_range(0..4) {
+                    0 => StorageMode::Slow {
+                        latency_us: s.rng.random_range(100 * MS..=4 * SEC),
+                    },
+                    1 => StorageMode::Fail,
+                    _ => StorageMode::Hang,
+                };
+                let until_reboot = s.rng.random_bool(0.3);
+                s.fault(
+                    at,
+                    Fault::Storage {
+                        hosts: hosts.clone(),
+                        path: None,
+                        mode,
+                        until_reboot,
+                    },
+                );
+                if s.rng.random_bool(0.7) {
+                    s.fault(
+                        back,
+                        Fault::Storage {
+                            hosts,
+                            path: None,
+                            mode: StorageMode::Ok,
+                            until_reboot: false,
+                        },
+                    );
+                }
+            }
+            4 => {
+                let mut order = s.distinct(n);
+                let cut = s.rng.random_range(1..n);
+                let b = order.split_off(cut);
+                s.fault(at, Fault::Partition(vec![order, b]));
+                s.fault(back, Fault::Heal);
+            }
+            5 => {
+                s.fault(at, Fault::Isolate(h));
+                if s.rng.random_bool(0.7) {
+                    s.fault(back, Fault::Heal);
+                }
+            }
+            6 => {
+                let o = (h + s.rng.random_range(1..n)) % n;
+                s.fault(at, Fault::BlockLink(h, o));
+                s.fault(back, Fault::Heal);
+            }
+            7 => {
+                let loss = s.rng.random_range(5..=40);
+                s.fault(
+                    at,
+                    Fault::Net(NetParams {
+                        loss_pct: loss,
+                        dup_pct: 3,
+                        delay_base_us: 200,
+                        delay_jitter_us: 10 * MS,
+                    }),
+                );
+                s.fault(back, Fault::Net(NetParams::default()));
+            }
+            8 => {
+                s.fault(at, Fault::AgentDeath(h));
+                s.fault(back, Fault::AgentRestore(h));
+            }
+            9 => {
+                let mode = if s.rng.random_bool(0.5) {
+                    BmcMode::Hang
+                } else {
+                    BmcMode::Fail
+                };
+                s.fault(at, Fault::Bmc(h, mode));
+            }
+            _ => {
+                let by = s.host();
+                let cmd = match s.rng.random_range(0..3) {
+                    0 => OperatorCommand::Maintenance {
+                        member: MemberId(h as u16),
+                        on: true,
+                    },
+                    1 => OperatorCommand::Disarm,
+                    _ => OperatorCommand::ManualFence {
+                        target: MemberId(h as u16),
+                    },
+                };
+                s.fault(at, Fault::Operator(by, cmd));
+                let undo = match cmd {
+                    OperatorCommand::Maintenance { member, .. } => {
+                        Some(OperatorCommand::Maintenance { member, on: false })
+                    }
+                    OperatorCommand::Disarm => Some(OperatorCommand::Arm),
+                    _ => None,
+                };
+                if let Some(undo) = undo {
+                    s.fault(back, Fault::Operator(by, undo));
+                }
+            }
+        }
+    }
+}
+
+fn expect_invariants_only(_s: &Setup, _r: &RunResult) -> Vec<String> {
+    Vec::new()
+}
+
+/// Every scenario.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "crash-one",
+        about: "one host crashes (kernel panic, BMC works): it alone is fenced and confirmed within 10 s",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: crash_one,
+        expect: expect_crash_one,
+    },
+    Scenario {
+        name: "crash-two-of-seven",
+        about: "two of seven hosts crash within 5 s: both are fenced and confirmed (usually ~6 s; within 60 s when the second crash kills the first fence's proposer)",
+        default_nodes: 7,
+        min_nodes: 5,
+        build: crash_two_of_seven,
+        expect: expect_crash_two,
+    },
+    Scenario {
+        name: "storage-loss-everywhere",
+        about: "shared storage fails or hangs for every host, then returns: no fence, no self-fence, no watchdog reset, storm reported",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: storage_loss_everywhere,
+        expect: expect_nothing_happens_storm,
+    },
+    Scenario {
+        name: "storage-loss-one",
+        about: "one host loses its storage until it reboots: the quorum agrees, it reboots itself once, nobody fences it",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: storage_loss_one,
+        expect: expect_storage_loss_one,
+    },
+    Scenario {
+        name: "storage-flapping-cascade",
+        about: "hosts lose their heartbeat writes one after another (resync load moving on): the budget of 3 stops the cascade; slow-but-landing writes touch nobody",
+        default_nodes: 7,
+        min_nodes: 6,
+        build: storage_flapping_cascade,
+        expect: expect_cascade,
+    },
+    Scenario {
+        name: "partition-minority",
+        about: "the network splits majority/minority for 60 s, storage shared by all: nobody is fenced",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: partition_minority,
+        expect: expect_quiet,
+    },
+    Scenario {
+        name: "partition-isolated-no-storage",
+        about: "one host loses network and storage: the majority fences it within 15 s",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: partition_isolated_no_storage,
+        expect: expect_isolated,
+    },
+    Scenario {
+        name: "agent-death",
+        about: "a management agent dies while its VMs run: never fenced, never safe to recover, reported Unmanageable",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: agent_death,
+        expect: expect_agent_death,
+    },
+    Scenario {
+        name: "bmc-dead",
+        about: "a host (or its daemon) crashes and its BMC hangs or fails: the next level (poison pill + watchdog deadline) fences it; never confirmed by power",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: bmc_dead,
+        expect: expect_bmc_dead,
+    },
+    Scenario {
+        name: "restart-during-fence",
+        about: "a host crashes and proposers or voters crash mid-round (before/after persisting, after starting the fence): still fenced once, within 120 s",
+        default_nodes: 7,
+        min_nodes: 5,
+        build: restart_during_fence,
+        expect: expect_restart_during_fence,
+    },
+    Scenario {
+        name: "storm",
+        about: "40% of the hosts crash at once: storm reported, nobody fenced",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: storm,
+        expect: expect_storm,
+    },
+    Scenario {
+        name: "lossy-network-20",
+        about: "20% packet loss, duplicates and reordering for the whole run, nobody crashes: zero fences",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: lossy_network,
+        expect: expect_quiet,
+    },
+    Scenario {
+        name: "random",
+        about: "random fault schedules (crashes, storage, partitions, loss, agents, BMCs, operator commands): invariants only",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: random,
+        expect: expect_invariants_only,
+    },
+];
+
+/// Finds a scenario by name.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
