@@ -641,9 +641,9 @@ fn fallback(default: &str) -> Duration {
     humantime::parse_duration(default).unwrap_or(Duration::from_secs(1))
 }
 
-/// Formats a duration the way an operator writes one.
+/// Formats a duration the way an operator writes one (to the millisecond).
 pub fn fmt_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
 
 fn valid_member_name(name: &str) -> bool {
@@ -1219,4 +1219,208 @@ fn toml_parse(text: &str) -> Result<RawConfig, ConfigErrors> {
 /// Milliseconds in a `NonZeroU32`, for foca's sizing hints.
 pub fn cluster_size_hint(n: usize) -> NonZeroU32 {
     NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{key, raw};
+
+    fn errors_of(r: &RawConfig) -> Vec<ConfigError> {
+        r.validate().expect_err("config should be invalid").0
+    }
+
+    fn has(errors: &[ConfigError], field: &str, needle: &str) -> bool {
+        errors
+            .iter()
+            .any(|e| e.field == field && e.to_string().contains(needle))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_documented_values_hold() {
+        let c = raw(5).validate().unwrap();
+        assert_eq!(c.quorum(), 3);
+        assert_eq!(c.fencing.max_unhealthy, 1);
+        assert_eq!(c.storage.activity_timeout, Duration::from_secs(5));
+        assert_eq!(c.swim.probe_period, Duration::from_secs(1));
+        assert_eq!(c.fencing.budget.get(), 3);
+        assert_eq!(c.fencing.budget_window, Duration::from_secs(3600));
+        assert_eq!(
+            c.self_fence.action,
+            SelfFenceSetting::Act(SelfFenceAction::Reboot)
+        );
+        assert_eq!(c.storage_failed_detect(), Duration::from_secs(5));
+        // The roster is sorted by name, whatever order it was written in.
+        let mut r = raw(3);
+        r.cluster.members.reverse();
+        assert_eq!(r.validate().unwrap().roster.id_of("h0"), Some(MemberId(0)));
+    }
+
+    #[test]
+    fn every_error_names_field_value_and_rule() {
+        let mut r = raw(5);
+        r.swim.probe_rtt = Some("1500ms".into());
+        r.storage.activity_timeout = Some("2s".into());
+        r.storage.write_timeout = Some("soon".into());
+        r.fencing.budget = Some(0);
+        r.cluster.members[1].name = r.cluster.members[0].name.clone();
+        r.cluster.members[2].vote_key = "zz".into();
+        let e = errors_of(&r);
+        assert!(
+            has(&e, "swim.probe_rtt", "must be below swim.probe_period (1s)"),
+            "{e:?}"
+        );
+        assert!(has(
+            &e,
+            "storage.activity_timeout",
+            "one slow write would look like a stopped heartbeat"
+        ));
+        assert!(has(&e, "storage.write_timeout", "\"soon\""));
+        assert!(has(&e, "fencing.budget", "between 1 and 32"));
+        assert!(has(&e, "cluster.members[1].name", "unique"));
+        assert!(has(&e, "cluster.members[2].vote_key", "64 hex digits"));
+        for err in &e {
+            assert!(
+                !err.field.is_empty() && !err.value.is_empty() && !err.rule.is_empty(),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn poison_pill_requires_watchdogs() {
+        let mut r = raw(5);
+        r.fencing.levels = Some(vec![RawLevel {
+            name: "pill".into(),
+            kind: "poison-pill".into(),
+            timeout: None,
+        }]);
+        assert!(has(
+            &errors_of(&r),
+            "watchdog.enabled",
+            "every member runs a watchdog"
+        ));
+        r.watchdog.enabled = Some(true);
+        assert!(r.validate().unwrap().has_poison_pill());
+    }
+
+    #[test]
+    fn a_pill_level_must_come_last_and_storm_threshold_must_leave_a_quorum() {
+        let mut r = raw(5);
+        r.watchdog.enabled = Some(true);
+        r.fencing.levels = Some(vec![
+            RawLevel {
+                name: "pill".into(),
+                kind: "poison-pill".into(),
+                timeout: None,
+            },
+            RawLevel {
+                name: "bmc".into(),
+                kind: "agent".into(),
+                timeout: None,
+            },
+        ]);
+        r.fencing.max_unhealthy = Some(3);
+        let e = errors_of(&r);
+        assert!(has(&e, "fencing.levels[0].kind", "must be the last level"));
+        assert!(has(&e, "fencing.max_unhealthy", "no quorum is left"));
+    }
+
+    #[test]
+    fn too_few_members_is_explained() {
+        let e = errors_of(&raw(2));
+        assert!(has(&e, "cluster.members", "between 3 and 128"));
+    }
+
+    #[test]
+    fn digest_covers_safety_parameters_only() {
+        let a = raw(5).validate().unwrap().digest();
+        assert_eq!(a, raw(5).validate().unwrap().digest());
+        let mut r = raw(5);
+        r.watchdog.timeout = Some("20s".into());
+        assert_ne!(r.validate().unwrap().digest(), a);
+        let mut r = raw(5);
+        r.cluster.members[4].vote_key = key(9)
+            .public()
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(r.validate().unwrap().digest(), a);
+        let mut r = raw(5);
+        r.swim.gossip_period = Some("300ms".into());
+        r.cluster.mode = Some("observe".into());
+        assert_eq!(
+            r.validate().unwrap().digest(),
+            a,
+            "tuning and mode may differ during a rolling change"
+        );
+    }
+
+    #[test]
+    fn derived_deadlines_cover_drift_and_levels() {
+        let mut r = raw(5);
+        r.watchdog.enabled = Some(true);
+        r.fencing.levels = Some(vec![
+            RawLevel {
+                name: "bmc".into(),
+                kind: "agent".into(),
+                timeout: Some("10s".into()),
+            },
+            RawLevel {
+                name: "pill".into(),
+                kind: "poison-pill".into(),
+                timeout: None,
+            },
+        ]);
+        let c = r.validate().unwrap();
+        // stop bound: max(5s, 5s, 1s) + 1s feed = 6s; + 10s watchdog, stretched, + 2s margin.
+        assert_eq!(c.watchdog_stop_bound(), Duration::from_secs(6));
+        assert!(c.pill_confirm_wait() > Duration::from_secs(18));
+        assert!(c.pill_confirm_wait() < Duration::from_millis(18_100));
+        assert!(c.promise_ttl() > c.fencing.proposal_timeout + c.attempt_max());
+        assert_eq!(c.retry_backoff(1), Duration::from_secs(10));
+        assert_eq!(c.retry_backoff(3), Duration::from_secs(40));
+        assert_eq!(c.retry_backoff(9), Duration::from_secs(250));
+    }
+
+    #[test]
+    fn toml_parses_with_units_and_rejects_unknown_fields() {
+        let keys: Vec<String> = (0..3)
+            .map(|i| {
+                key(i)
+                    .public()
+                    .0
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            })
+            .collect();
+        let text = format!(
+            r#"
+[cluster]
+name = "prod-kvm"
+mode = "observe"
+members = [
+  {{ name = "kvm01", vote_key = "{}" }},
+  {{ name = "kvm02", vote_key = "{}" }},
+  {{ name = "kvm03", vote_key = "{}" }},
+]
+[storage]
+paths = ["/mnt/primary/peerfence"]
+activity_timeout = "8s"
+[fencing]
+budget = 2
+budget_window = "30m"
+"#,
+            keys[0], keys[1], keys[2]
+        );
+        let c = RawConfig::from_toml(&text).unwrap().validate().unwrap();
+        assert_eq!(c.mode, Mode::Observe);
+        assert_eq!(c.storage.activity_timeout, Duration::from_secs(8));
+        assert_eq!(c.fencing.budget_window, Duration::from_secs(1800));
+        let bad = text.replace("budget = 2", "budget = 2\nbugdet = 3");
+        let e = RawConfig::from_toml(&bad).unwrap_err();
+        assert!(e.to_string().contains("bugdet"), "{e}");
+    }
 }

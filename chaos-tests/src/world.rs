@@ -81,6 +81,10 @@ pub enum BmcMode {
     Fail,
     /// Never answers (the agent is killed at its timeout).
     Hang,
+    /// A broken BMC: answers `off` with success and `status` with Off, and does nothing. No
+    /// fencer can detect it; the simulator uses it to prove that I5's checker catches a
+    /// "safe to recover" while VMs still run.
+    LiesOff,
 }
 
 /// A scheduled fault.
@@ -122,6 +126,10 @@ pub enum Fault {
     Bmc(usize, BmcMode),
     /// An operator command on a host's daemon.
     Operator(usize, OperatorCommand),
+    /// Readers see this host's heartbeat slot frozen at its current content (an NFS client
+    /// serving cached attributes) while the host keeps writing. Used to prove that I2's checker
+    /// catches a fence of a live writer.
+    FreezeReads(usize),
 }
 
 /// When a trigger fires: right after the daemon emits a matching output.
@@ -444,6 +452,8 @@ impl RunResult {
 /// Shared storage: per path, a heartbeat slot and a pill slot per host.
 struct Storage {
     hb: Vec<Vec<Option<HeartbeatRecord>>>,
+    /// Per host: what readers see instead of the real slot, when frozen.
+    frozen: Vec<Option<Vec<Option<HeartbeatRecord>>>>,
     pill: Vec<Vec<Option<Arc<QuorumCertificate>>>>,
 }
 
@@ -566,6 +576,7 @@ impl World {
             hosts,
             storage: Storage {
                 hb: vec![vec![None; n]; paths],
+                frozen: vec![None; n],
                 pill: vec![vec![None; n]; paths],
             },
             triggers: spec.triggers,
@@ -1086,6 +1097,22 @@ impl World {
                     },
                 );
             }
+            BmcMode::LiesOff => {
+                let result = match cmd.action {
+                    AgentAction::Status => AgentResult::Power(PowerState::Off),
+                    _ => AgentResult::Done,
+                };
+                let lat = jitter(&mut self.rng, self.params.bmc_status_us).min(timeout);
+                self.after(
+                    lat,
+                    Ev::AgentAnswer {
+                        host: h,
+                        epoch,
+                        id: cmd.id,
+                        result,
+                    },
+                );
+            }
             BmcMode::Hang => {
                 self.after(
                     timeout,
@@ -1364,7 +1391,10 @@ impl World {
                 if m == h {
                     continue;
                 }
-                let record = self.storage.hb[path][m];
+                let record = match &self.storage.frozen[m] {
+                    Some(snapshot) => snapshot[path],
+                    None => self.storage.hb[path][m],
+                };
                 self.feed(
                     h,
                     Input::HeartbeatRead {
@@ -1473,6 +1503,10 @@ impl World {
             Fault::AgentRestore(h) => self.hosts[h].agent_alive = true,
             Fault::Bmc(h, mode) => self.hosts[h].bmc = mode,
             Fault::Operator(h, cmd) => self.feed(h, Input::Operator(cmd)),
+            Fault::FreezeReads(h) => {
+                let snapshot = self.storage.hb.iter().map(|p| p[h]).collect();
+                self.storage.frozen[h] = Some(snapshot);
+            }
         }
     }
 }

@@ -260,8 +260,10 @@ impl Node {
                             alive_seen,
                         };
                     }
-                    if !alive_seen && self.now >= confirm_at && self.liveness(t) != Liveness::Alive
-                    {
+                    // Positive evidence only: fresh reads showing no change since the pill. If
+                    // this node cannot read storage right now it cannot confirm; it waits.
+                    let stalled = matches!(self.liveness(t), Liveness::Stalled { .. });
+                    if !alive_seen && self.now >= confirm_at && stalled {
                         self.finish(
                             t,
                             OutcomeResult::Confirmed(Evidence::WatchdogDeadline { level }),

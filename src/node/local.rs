@@ -355,7 +355,7 @@ impl Node {
                 && self.cfg.watchdog.enabled
                 && self.now >= f.seen_at + wait
                 && self.effective_swim(m) == SwimState::Down
-                && self.liveness(m) != Liveness::Alive
+                && matches!(self.liveness(m), Liveness::Stalled { .. })
             {
                 self.peers[m.index()].inflight = None;
                 self.confirmed(m, boot, Evidence::SelfFenceDeadline);

@@ -16,6 +16,8 @@ mod execution;
 pub mod io;
 mod local;
 mod peer;
+#[cfg(test)]
+mod tests;
 
 pub use io::*;
 

@@ -1,0 +1,143 @@
+//! Every scenario, many seeds each, every invariant checked in every run, plus the outcome each
+//! scenario promises. `PEERFENCE_SIM_SEEDS` (per scenario) and `PEERFENCE_SIM_RANDOM_SEEDS`
+//! raise the seed counts for deeper runs; a failure prints the command that replays it.
+
+use peerfence_chaos::Summary;
+use peerfence_chaos::scenarios::find;
+
+fn seeds(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn run(name: &str) -> Summary {
+    let scenario = find(name).expect("scenario exists");
+    let n = if name == "random" {
+        seeds("PEERFENCE_SIM_RANDOM_SEEDS", 2000)
+    } else {
+        seeds("PEERFENCE_SIM_SEEDS", 400)
+    };
+    // One thread per test: the test harness already runs tests side by side.
+    let s = peerfence_chaos::run(scenario, 1, n, scenario.default_nodes, 1, &|_, _| {});
+    eprintln!(
+        "{name}: {} runs, {} fences, {} quorum self-fences, {} watchdog resets, confirm p50 {:?} ms p99 {:?} ms, {:.0}x real time",
+        s.runs,
+        s.fences_total,
+        s.self_fence_actions_total,
+        s.watchdog_resets_total,
+        s.confirm_ms_p50,
+        s.confirm_ms_p99,
+        s.sim_speedup
+    );
+    if s.violations_total > 0 {
+        let shown: Vec<String> = s
+            .violations
+            .iter()
+            .take(10)
+            .map(|v| format!("  seed {} {}: {}", v.seed, v.invariant, v.detail))
+            .collect();
+        panic!(
+            "{} violation(s) in {name}:\n{}\nreplay: cargo run -p peerfence-chaos -- sim --scenario {name} --first-seed SEED --seeds 1 --trace",
+            s.violations_total,
+            shown.join("\n")
+        );
+    }
+    s
+}
+
+#[test]
+fn crash_one() {
+    let s = run("crash-one");
+    assert!(
+        s.fences_total >= s.runs as usize,
+        "every run fences the crashed host"
+    );
+    let p99 = s.confirm_ms_p99.expect("crashes were confirmed");
+    assert!(p99 < 10_000, "crash → confirmed p99 {p99} ms, bound 10 s");
+}
+
+#[test]
+fn crash_two_of_seven() {
+    let s = run("crash-two-of-seven");
+    assert!(s.fences_total >= s.runs as usize);
+}
+
+#[test]
+fn storage_loss_everywhere() {
+    let s = run("storage-loss-everywhere");
+    assert_eq!(s.fences_total, 0);
+    assert_eq!(s.self_fence_actions_total, 0);
+    assert_eq!(s.watchdog_resets_total, 0);
+    assert_eq!(s.runs_with_storm, s.runs);
+}
+
+#[test]
+fn storage_loss_one() {
+    let s = run("storage-loss-one");
+    assert_eq!(s.fences_total, 0);
+    assert_eq!(s.self_fence_actions_total, s.runs as usize);
+}
+
+#[test]
+fn storage_flapping_cascade() {
+    let s = run("storage-flapping-cascade");
+    assert_eq!(s.fences_total, 0);
+    assert_eq!(
+        s.self_fence_actions_total,
+        3 * s.runs as usize,
+        "the budget of 3 stops the cascade"
+    );
+}
+
+#[test]
+fn partition_minority() {
+    let s = run("partition-minority");
+    assert_eq!(s.fences_total, 0);
+    assert_eq!(s.self_fence_actions_total, 0);
+}
+
+#[test]
+fn partition_isolated_no_storage() {
+    let s = run("partition-isolated-no-storage");
+    assert!(s.fences_total >= s.runs as usize);
+}
+
+#[test]
+fn agent_death() {
+    let s = run("agent-death");
+    assert_eq!(s.fences_total, 0);
+    assert_eq!(s.safe_to_recover_total, 0);
+}
+
+#[test]
+fn bmc_dead() {
+    let s = run("bmc-dead");
+    assert!(s.fences_total >= s.runs as usize);
+}
+
+#[test]
+fn restart_during_fence() {
+    run("restart-during-fence");
+}
+
+#[test]
+fn storm() {
+    let s = run("storm");
+    assert_eq!(s.fences_total, 0);
+    assert_eq!(s.runs_with_storm, s.runs);
+}
+
+#[test]
+fn lossy_network_20() {
+    let s = run("lossy-network-20");
+    assert_eq!(s.fences_total, 0);
+    assert_eq!(s.self_fence_actions_total, 0);
+    assert_eq!(s.watchdog_resets_total, 0);
+}
+
+#[test]
+fn random() {
+    run("random");
+}

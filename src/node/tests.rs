@@ -1,0 +1,775 @@
+//! Handler-level tests: a small in-memory cluster (instant network, one shared clock, perfect
+//! storage) drives real nodes, and each test asserts on the outputs the handlers emit. The
+//! chaos simulator covers timing, faults and randomness; these pin down ordering and contents.
+
+use super::*;
+use crate::config::RawConfig;
+use crate::crypto::VoteKey;
+use crate::health::WriteOutcome;
+use crate::testutil::{key, raw};
+use peerfence_proto::{
+    FenceKind, HeartbeatRecord, Proposal, QuorumCertificate, RefuseReason, Round, SignedVote,
+    VoteEvidence,
+};
+
+const STEP: Duration = Duration::from_millis(100);
+
+fn boot(i: usize) -> BootId {
+    BootId([i as u8 + 1; 16])
+}
+
+/// A cluster of real nodes on a perfect in-memory network and storage.
+struct Cluster {
+    cfg: Arc<Config>,
+    nodes: Vec<Option<Node>>,
+    disks: Vec<Option<DurableState>>,
+    now: Instant,
+    /// Outputs in emission order, per member.
+    log: Vec<Vec<Output>>,
+    hb: Vec<u64>,
+    writing: Vec<bool>,
+    cut: Vec<bool>,
+    powered_off: Vec<bool>,
+    /// BMCs that never answer.
+    bmc_hung: Vec<bool>,
+    queue: VecDeque<(MemberId, MemberId, Bytes)>,
+    next_second: Instant,
+}
+
+impl Cluster {
+    fn new(n: usize, tweak: impl FnOnce(&mut RawConfig)) -> Self {
+        let mut r = raw(n);
+        tweak(&mut r);
+        let cfg = Arc::new(r.validate().expect("test config"));
+        let now = Instant::from_micros(1_000_000);
+        let mut c = Self {
+            cfg,
+            nodes: (0..n).map(|_| None).collect(),
+            disks: vec![None; n],
+            now,
+            log: vec![Vec::new(); n],
+            hb: vec![0; n],
+            writing: vec![true; n],
+            cut: vec![false; n],
+            powered_off: vec![false; n],
+            bmc_hung: vec![false; n],
+            queue: VecDeque::new(),
+            next_second: now,
+        };
+        for i in 0..n {
+            c.start(i);
+        }
+        c
+    }
+
+    fn start(&mut self, i: usize) {
+        let node = Node::new(
+            self.cfg.clone(),
+            MemberId(i as u16),
+            key(i),
+            boot(i),
+            self.disks[i].clone(),
+            i as u64 + 7,
+            self.now,
+        )
+        .expect("node starts");
+        self.nodes[i] = Some(node);
+        self.drain(i);
+    }
+
+    /// The daemon dies: whatever it did not persist is lost.
+    fn crash(&mut self, i: usize) {
+        self.nodes[i] = None;
+    }
+
+    fn handle(&mut self, i: usize, input: Input) {
+        if let Some(n) = self.nodes[i].as_mut() {
+            n.handle(self.now, input);
+        }
+        self.drain(i);
+    }
+
+    fn drain(&mut self, i: usize) {
+        let mut outs = Vec::new();
+        if let Some(n) = self.nodes[i].as_mut() {
+            while let Some(o) = n.poll_output() {
+                outs.push(o);
+            }
+        }
+        for o in outs {
+            match &o {
+                Output::Persist(s) => self.disks[i] = Some((**s).clone()),
+                Output::Send { to, bytes, .. } => {
+                    self.queue
+                        .push_back((MemberId(i as u16), *to, bytes.clone()))
+                }
+                Output::Fence(cmd) if self.bmc_hung[cmd.target.index()] => {}
+                Output::Fence(cmd) => {
+                    let t = cmd.target.index();
+                    let result = match cmd.action {
+                        AgentAction::Off => {
+                            self.powered_off[t] = true;
+                            self.nodes[t] = None;
+                            self.writing[t] = false;
+                            AgentResult::Done
+                        }
+                        AgentAction::On => AgentResult::Done,
+                        AgentAction::Status => AgentResult::Power(if self.powered_off[t] {
+                            PowerState::Off
+                        } else {
+                            PowerState::On
+                        }),
+                    };
+                    self.log[i].push(o.clone());
+                    self.handle(i, Input::FenceResult { id: cmd.id, result });
+                    continue;
+                }
+                _ => {}
+            }
+            self.log[i].push(o);
+        }
+    }
+
+    fn deliver(&mut self) {
+        for _ in 0..100_000 {
+            let Some((from, to, bytes)) = self.queue.pop_front() else {
+                return;
+            };
+            if self.cut[from.index()] || self.cut[to.index()] {
+                continue;
+            }
+            self.handle(to.index(), Input::Datagram { from, bytes });
+        }
+        panic!("message storm in the test cluster");
+    }
+
+    fn storage_round(&mut self) {
+        let n = self.nodes.len();
+        for i in 0..n {
+            if self.nodes[i].is_none() {
+                continue;
+            }
+            if self.writing[i] {
+                self.hb[i] += 1;
+                self.handle(
+                    i,
+                    Input::StorageWrite {
+                        path: 0,
+                        outcome: WriteOutcome::Ok {
+                            latency: Duration::from_millis(5),
+                        },
+                    },
+                );
+            } else {
+                self.handle(
+                    i,
+                    Input::StorageWrite {
+                        path: 0,
+                        outcome: WriteOutcome::TimedOut,
+                    },
+                );
+            }
+        }
+        for i in 0..n {
+            for m in 0..n {
+                if m == i || self.nodes[i].is_none() || !self.writing[i] {
+                    continue;
+                }
+                let generation = self.disks[m].as_ref().map(|d| d.generation).unwrap_or(1);
+                let record = HeartbeatRecord {
+                    member: MemberId(m as u16),
+                    boot: boot(m),
+                    generation,
+                    counter: self.hb[m],
+                };
+                self.handle(
+                    i,
+                    Input::HeartbeatRead {
+                        path: 0,
+                        member: MemberId(m as u16),
+                        record: Some(record),
+                    },
+                );
+            }
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now = self.now + STEP;
+            if self.now >= self.next_second {
+                self.next_second = self.now + Duration::from_secs(1);
+                self.storage_round();
+            }
+            for i in 0..self.nodes.len() {
+                self.handle(i, Input::Tick);
+            }
+            self.deliver();
+        }
+    }
+
+    /// Stops `i` dead: no messages, no heartbeat, no daemon.
+    fn kill_host(&mut self, i: usize) {
+        self.crash(i);
+        self.writing[i] = false;
+        self.cut[i] = true;
+    }
+
+    fn events(&self, i: usize) -> impl Iterator<Item = &Event> {
+        self.log[i].iter().filter_map(|o| match o {
+            Output::Event(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    fn all_events(&self) -> impl Iterator<Item = (usize, &Event)> {
+        (0..self.log.len()).flat_map(move |i| self.events(i).map(move |e| (i, e)))
+    }
+}
+
+fn settled(n: usize, tweak: impl FnOnce(&mut RawConfig)) -> Cluster {
+    let mut c = Cluster::new(n, tweak);
+    c.run_for(Duration::from_secs(15));
+    c
+}
+
+#[test]
+fn a_healthy_cluster_settles_and_everyone_is_eligible() {
+    let c = settled(5, |_| {});
+    for node in c.nodes.iter().flatten() {
+        let s = node.status();
+        assert_eq!(s.ineligible, None, "{:?}", s.me);
+        assert_eq!(s.visible, 5);
+        assert!(s.peers.iter().all(|p| p.ha == HaState::Available));
+        assert!(s.watchdog_feeding || !node.config().watchdog.enabled);
+    }
+}
+
+#[test]
+fn a_dead_host_is_fenced_under_a_valid_certificate_and_only_then_safe() {
+    let mut c = settled(5, |_| {});
+    c.kill_host(4);
+    c.run_for(Duration::from_secs(12));
+    let ring = KeyRing::new(&c.cfg);
+    let mut fenced = 0;
+    for i in 0..4 {
+        let mut persisted_fenced = false;
+        for o in &c.log[i] {
+            match o {
+                Output::Fence(cmd) => {
+                    assert_eq!(cmd.target, MemberId(4));
+                    assert_eq!(ring.verify_certificate(&cmd.qc), Ok(()));
+                    assert!(cmd.qc.votes.len() >= c.cfg.quorum());
+                    fenced += 1;
+                }
+                Output::Persist(s) if s.fenced_boot(MemberId(4)) == Some(boot(4)) => {
+                    persisted_fenced = true
+                }
+                Output::Event(Event::SafeToRecover {
+                    target, boot: b, ..
+                }) => {
+                    assert_eq!((*target, *b), (MemberId(4), boot(4)));
+                    assert!(
+                        persisted_fenced,
+                        "h{i} announced safe to recover before persisting the fence"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(fenced >= 2, "off and status were issued");
+    let safe = c
+        .all_events()
+        .filter(|(_, e)| matches!(e, Event::SafeToRecover { .. }))
+        .count();
+    assert_eq!(safe, 4, "every survivor learns the outcome");
+}
+
+#[test]
+fn every_vote_is_persisted_before_it_is_sent() {
+    let mut c = settled(5, |_| {});
+    c.kill_host(3);
+    c.run_for(Duration::from_secs(12));
+    let mut votes = 0;
+    for i in 0..5 {
+        let mut promised = Vec::new();
+        for o in &c.log[i] {
+            match o {
+                Output::Persist(s) => promised = s.promises.iter().map(|p| p.proposal).collect(),
+                Output::Send { bytes, .. } => {
+                    let env = peerfence_proto::decode(bytes).expect("own message decodes");
+                    if let Message::Vote(v) = env.message {
+                        assert!(
+                            promised.contains(&v.proposal),
+                            "h{i} sent a vote whose promise was not persisted first"
+                        );
+                        votes += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(votes >= 2);
+}
+
+#[test]
+fn observe_mode_reports_would_fence_and_never_proposes() {
+    let mut c = settled(5, |r| r.cluster.mode = Some("observe".into()));
+    c.kill_host(2);
+    c.run_for(Duration::from_secs(15));
+    let would = c
+        .all_events()
+        .filter(|(_, e)| matches!(e, Event::WouldFence { target, .. } if *target == MemberId(2)))
+        .count();
+    assert!(would >= 1);
+    assert!(
+        !c.all_events()
+            .any(|(_, e)| matches!(e, Event::Proposed { .. } | Event::FenceStarted { .. }))
+    );
+    assert!(
+        c.log
+            .iter()
+            .flatten()
+            .all(|o| !matches!(o, Output::Fence(_)))
+    );
+}
+
+#[test]
+fn disarm_propagates_and_stops_all_fencing() {
+    let mut c = settled(5, |_| {});
+    c.handle(0, Input::Operator(OperatorCommand::Disarm));
+    c.run_for(Duration::from_secs(3));
+    for node in c.nodes.iter().flatten() {
+        assert!(!node.status().armed, "{:?} still armed", node.me());
+        assert_eq!(node.status().ineligible, Some(Ineligible::Disarmed));
+    }
+    c.kill_host(4);
+    c.run_for(Duration::from_secs(15));
+    assert!(
+        c.log
+            .iter()
+            .flatten()
+            .all(|o| !matches!(o, Output::Fence(_)))
+    );
+    assert!(
+        c.nodes[0]
+            .as_ref()
+            .unwrap()
+            .status()
+            .peers
+            .iter()
+            .any(|p| p.ha == HaState::Disabled)
+    );
+    // Re-arming lets the fence through.
+    c.handle(1, Input::Operator(OperatorCommand::Arm));
+    c.run_for(Duration::from_secs(8));
+    assert!(
+        c.log
+            .iter()
+            .flatten()
+            .any(|o| matches!(o, Output::Fence(_)))
+    );
+}
+
+#[test]
+fn a_host_in_maintenance_is_never_fenced() {
+    let mut c = settled(5, |_| {});
+    c.handle(
+        1,
+        Input::Operator(OperatorCommand::Maintenance {
+            member: MemberId(4),
+            on: true,
+        }),
+    );
+    c.run_for(Duration::from_secs(2));
+    c.kill_host(4);
+    c.run_for(Duration::from_secs(20));
+    assert!(
+        c.log
+            .iter()
+            .flatten()
+            .all(|o| !matches!(o, Output::Fence(_)))
+    );
+    let s = c.nodes[0].as_ref().unwrap().status();
+    assert_eq!(
+        s.peers.iter().find(|p| p.member == MemberId(4)).unwrap().ha,
+        HaState::Ineligible
+    );
+}
+
+#[test]
+fn a_cleanly_stopped_daemon_is_not_fenced() {
+    let mut c = settled(5, |_| {});
+    c.handle(3, Input::Shutdown);
+    c.deliver();
+    c.crash(3);
+    c.writing[3] = false;
+    c.run_for(Duration::from_secs(20));
+    assert!(
+        c.log
+            .iter()
+            .flatten()
+            .all(|o| !matches!(o, Output::Fence(_)))
+    );
+}
+
+#[test]
+fn a_voter_restarted_from_its_disk_keeps_its_promise() {
+    let mut c = settled(5, |_| {});
+    c.bmc_hung[4] = true; // the attempt hangs on its first level: promises stay live
+    c.kill_host(4);
+    c.run_for(Duration::from_secs(9));
+    let target = MemberId(4);
+    let started = c
+        .all_events()
+        .find_map(|(i, e)| match e {
+            Event::FenceStarted { qc, .. } => Some((i, qc.proposal)),
+            _ => None,
+        })
+        .expect("a fence started");
+    // A voter other than the proposer, holding its promise.
+    let voter = (0..4)
+        .find(|&i| i != started.0 && c.disks[i].as_ref().unwrap().promise_for(target).is_some())
+        .expect("a voter holds a promise");
+    // Crash it and restart it from exactly what it persisted.
+    c.crash(voter);
+    c.start(voter);
+    let held = c.nodes[voter]
+        .as_ref()
+        .unwrap()
+        .durable()
+        .promise_for(target)
+        .cloned();
+    assert_eq!(
+        held.map(|p| p.proposal),
+        Some(started.1),
+        "the promise survived the restart"
+    );
+    // Another member now proposes a second round on the same target: refused.
+    let other = (0..4).find(|&i| i != voter && i != started.0).unwrap();
+    let second = Proposal {
+        proposer: MemberId(other as u16),
+        round: Round::new(1, 100),
+        ..started.1
+    };
+    let bytes = Bytes::from(
+        peerfence_proto::encode(&Envelope {
+            cluster: c.cfg.cluster.clone(),
+            digest: c.cfg.digest(),
+            sender: second.proposer,
+            message: Message::Propose(second),
+        })
+        .unwrap(),
+    );
+    c.log[voter].clear();
+    c.handle(
+        voter,
+        Input::Datagram {
+            from: second.proposer,
+            bytes,
+        },
+    );
+    let refused = c.log[voter].iter().any(|o| match o {
+        Output::Send { bytes, .. } => matches!(
+            peerfence_proto::decode(bytes).map(|e| e.message),
+            Ok(Message::Refuse(r)) if matches!(r.reason, RefuseReason::PromisedElsewhere { .. })
+        ),
+        _ => false,
+    });
+    assert!(
+        refused,
+        "a restarted voter must refuse a second round on a promised target"
+    );
+    assert!(
+        !c.log[voter]
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::Voted { .. })))
+    );
+}
+
+#[test]
+fn garbage_and_forged_datagrams_are_dropped_counted_and_change_nothing() {
+    let mut c = settled(5, |_| {});
+    let before = c.nodes[0].as_ref().unwrap().durable().clone();
+    let node = c.nodes[0].as_mut().unwrap();
+    let now = c.now;
+    let mut send = |from: u16, bytes: Vec<u8>| {
+        node.handle(
+            now,
+            Input::Datagram {
+                from: MemberId(from),
+                bytes: Bytes::from(bytes),
+            },
+        );
+        while let Some(o) = node.poll_output() {
+            assert!(!matches!(
+                o,
+                Output::Persist(_) | Output::Fence(_) | Output::SelfFence(_)
+            ));
+        }
+    };
+    send(1, vec![0xff; 64]);
+    send(1, vec![]);
+    send(99, vec![1, 2, 3]);
+    let env = |sender: u16, cluster: &str, digest: u64| {
+        peerfence_proto::encode(&Envelope {
+            cluster: peerfence_proto::ClusterId::new(cluster).unwrap(),
+            digest: peerfence_proto::ConfigDigest(digest),
+            sender: MemberId(sender),
+            message: Message::Release(peerfence_proto::Release {
+                proposal: Proposal {
+                    target: MemberId(4),
+                    target_boot: boot(4),
+                    proposer: MemberId(sender),
+                    round: Round::new(1, 1),
+                    kind: FenceKind::Fence,
+                    budget_slot: Some(0),
+                    lane: 0,
+                },
+            }),
+        })
+        .unwrap()
+    };
+    let digest = c.cfg.digest().0;
+    send(1, env(2, "test", digest)); // claims to be member 2, arrives from member 1
+    send(1, env(1, "other", digest));
+    send(1, env(1, "test", digest ^ 1));
+    let node = c.nodes[0].as_ref().unwrap();
+    let d = &node.stats().dropped;
+    assert!(d.get("malformed").copied().unwrap_or(0) >= 2, "{d:?}");
+    assert_eq!(d.get("unknown_sender"), Some(&1));
+    assert_eq!(d.get("forged_sender"), Some(&1));
+    assert_eq!(d.get("other_cluster"), Some(&1));
+    assert_eq!(d.get("config_digest_mismatch"), Some(&1));
+    assert_eq!(node.durable(), &before);
+}
+
+fn certificate(
+    c: &Cluster,
+    target: usize,
+    target_boot: BootId,
+    voters: &[usize],
+) -> QuorumCertificate {
+    let proposal = Proposal {
+        target: MemberId(target as u16),
+        target_boot,
+        proposer: MemberId(voters[0] as u16),
+        round: Round::new(1, 7),
+        kind: FenceKind::Fence,
+        budget_slot: Some(0),
+        lane: 0,
+    };
+    let votes = voters
+        .iter()
+        .map(|&v| {
+            let evidence = VoteEvidence {
+                voter_healthy: true,
+                target_down_ms: 5000,
+                heartbeat_stalled_ms: 6000,
+            };
+            let k: VoteKey = key(v);
+            SignedVote {
+                voter: MemberId(v as u16),
+                evidence,
+                signature: k.sign(
+                    &c.cfg.cluster,
+                    c.cfg.digest(),
+                    &proposal,
+                    MemberId(v as u16),
+                    &evidence,
+                ),
+            }
+        })
+        .collect();
+    QuorumCertificate { proposal, votes }
+}
+
+#[test]
+fn a_valid_poison_pill_for_this_boot_stops_the_watchdog_before_acting() {
+    let mut c = settled(5, |r| {
+        r.watchdog.enabled = Some(true);
+    });
+    let pill = certificate(&c, 2, boot(2), &[0, 1, 3]);
+    c.log[2].clear();
+    c.handle(
+        2,
+        Input::PoisonPillRead {
+            path: 0,
+            pill: Some(pill),
+        },
+    );
+    let outs: Vec<&Output> = c.log[2]
+        .iter()
+        .filter(|o| !matches!(o, Output::Event(_) | Output::Send { .. }))
+        .collect();
+    assert!(
+        matches!(outs[0], Output::Persist(s) if s.watchdog_stopped_for == Some(boot(2))),
+        "{outs:?}"
+    );
+    assert!(matches!(outs[1], Output::Watchdog(WatchdogAction::Stop)));
+    assert!(matches!(outs[2], Output::SelfFence(cmd) if cmd.reason == SelfFenceReason::PoisonPill));
+    // The latch survives a restart: the watchdog is never fed again in this boot.
+    c.crash(2);
+    c.start(2);
+    c.log[2].clear();
+    c.run_for(Duration::from_secs(5));
+    assert!(
+        !c.log[2]
+            .iter()
+            .any(|o| matches!(o, Output::Watchdog(WatchdogAction::Feed)))
+    );
+}
+
+#[test]
+fn forged_or_stale_poison_pills_do_not_kill() {
+    let mut c = settled(5, |r| r.watchdog.enabled = Some(true));
+    // Two votes: below quorum.
+    let weak = certificate(&c, 2, boot(2), &[0, 1]);
+    c.log[2].clear();
+    c.handle(
+        2,
+        Input::PoisonPillRead {
+            path: 0,
+            pill: Some(weak),
+        },
+    );
+    assert!(!c.log[2].iter().any(|o| matches!(
+        o,
+        Output::SelfFence(_) | Output::Watchdog(WatchdogAction::Stop)
+    )));
+    assert!(
+        c.events(2)
+            .any(|e| matches!(e, Event::ForgedCertificate { .. }))
+    );
+    // A valid certificate for an earlier boot: cleared, ignored.
+    let stale = certificate(&c, 2, BootId([0xee; 16]), &[0, 1, 3]);
+    c.log[2].clear();
+    c.handle(
+        2,
+        Input::PoisonPillRead {
+            path: 0,
+            pill: Some(stale),
+        },
+    );
+    assert!(
+        c.log[2]
+            .iter()
+            .any(|o| matches!(o, Output::ClearPill { .. }))
+    );
+    assert!(!c.log[2].iter().any(|o| matches!(o, Output::SelfFence(_))));
+}
+
+#[test]
+fn a_host_that_lost_its_own_storage_self_fences_only_with_the_quorum() {
+    let mut c = settled(5, |_| {});
+    c.writing[1] = false; // its writes time out; its heartbeat stops for everyone
+    c.run_for(Duration::from_secs(25));
+    let acted: Vec<&Output> = c.log[1]
+        .iter()
+        .filter(|o| matches!(o, Output::SelfFence(_)))
+        .collect();
+    assert_eq!(acted.len(), 1, "exactly one self-fence");
+    let Output::SelfFence(cmd) = acted[0] else {
+        unreachable!()
+    };
+    assert_eq!(cmd.action, LocalAction::Reboot);
+    assert_eq!(KeyRing::new(&c.cfg).verify_certificate(&cmd.qc), Ok(()));
+    assert!(cmd.qc.votes.iter().all(|v| v.voter != MemberId(1)));
+}
+
+#[test]
+fn storage_lost_everywhere_means_no_fence_and_no_self_fence() {
+    let mut c = settled(5, |r| r.watchdog.enabled = Some(true));
+    c.writing.iter_mut().for_each(|w| *w = false);
+    c.run_for(Duration::from_secs(40));
+    assert!(
+        c.log
+            .iter()
+            .flatten()
+            .all(|o| !matches!(o, Output::Fence(_) | Output::SelfFence(_)))
+    );
+    assert!(
+        c.all_events()
+            .any(|(_, e)| matches!(e, Event::StormEntered { .. }))
+    );
+    assert!(
+        c.all_events()
+            .any(|(_, e)| matches!(e, Event::SelfFenceBlocked { .. }))
+    );
+    // Everyone is still vouched for by a quorum, so every watchdog keeps being fed.
+    for node in c.nodes.iter().flatten() {
+        assert!(
+            node.status().watchdog_feeding,
+            "{:?} stopped feeding",
+            node.me()
+        );
+    }
+}
+
+#[test]
+fn a_node_cut_off_without_storage_stops_feeding_its_watchdog() {
+    let mut c = settled(5, |r| r.watchdog.enabled = Some(true));
+    c.cut[0] = true;
+    c.writing[0] = false;
+    c.run_for(Duration::from_secs(12));
+    assert!(c.events(0).any(|e| matches!(
+        e,
+        Event::WatchdogStopped {
+            reason: WatchdogStopReason::NoStorageNoQuorum
+        }
+    )));
+}
+
+#[test]
+fn a_node_rejects_a_wrong_key_at_start() {
+    let cfg = Arc::new(raw(5).validate().unwrap());
+    let err = Node::new(
+        cfg.clone(),
+        MemberId(0),
+        key(1),
+        boot(0),
+        None,
+        1,
+        Instant::ZERO,
+    )
+    .unwrap_err();
+    assert!(matches!(err, StartError::KeyMismatch(_)));
+    let err = Node::new(cfg, MemberId(9), key(1), boot(0), None, 1, Instant::ZERO).unwrap_err();
+    assert_eq!(err, StartError::NotAMember(MemberId(9)));
+}
+
+#[test]
+fn the_first_output_persists_the_new_generation() {
+    let cfg = Arc::new(raw(3).validate().unwrap());
+    let mut n = Node::new(
+        cfg.clone(),
+        MemberId(0),
+        key(0),
+        boot(0),
+        None,
+        1,
+        Instant::ZERO,
+    )
+    .unwrap();
+    let Some(Output::Persist(s)) = n.poll_output() else {
+        panic!("first output must persist")
+    };
+    assert_eq!(s.generation, 1);
+    let mut n2 = Node::new(
+        cfg,
+        MemberId(0),
+        key(0),
+        boot(0),
+        Some(*s),
+        1,
+        Instant::ZERO,
+    )
+    .unwrap();
+    let Some(Output::Persist(s2)) = n2.poll_output() else {
+        panic!()
+    };
+    assert_eq!(s2.generation, 2);
+}
