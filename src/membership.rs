@@ -453,3 +453,89 @@ impl Membership {
         self.errors
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::config;
+
+    #[test]
+    fn timers_come_back_in_deadline_then_submission_order() {
+        let cfg = config(3);
+        let mut m = Membership::new(&cfg, MemberId(0), 1, 1);
+        m.timers.clear();
+        let now = Instant::from_micros(1_000);
+        {
+            let (mut rt, _) = m.rt(now);
+            rt.submit_after(Timer::PeriodicGossip(1), Duration::from_millis(5));
+            rt.submit_after(Timer::PeriodicAnnounce(2), Duration::from_millis(1));
+            rt.submit_after(Timer::PeriodicGossip(3), Duration::from_millis(1));
+        }
+        let order: Vec<Timer<Ident>> = m.timers.values().cloned().collect();
+        assert_eq!(
+            order,
+            vec![
+                Timer::PeriodicAnnounce(2),
+                Timer::PeriodicGossip(3),
+                Timer::PeriodicGossip(1)
+            ]
+        );
+        assert_eq!(m.next_timer(), Some(now + Duration::from_millis(1)));
+        // Firing at a time delivers exactly the due ones and keeps the rest.
+        m.fire_timers(now + Duration::from_millis(2));
+        assert!(m.timers.values().any(|t| *t == Timer::PeriodicGossip(1)));
+        assert!(!m.timers.values().any(|t| *t == Timer::PeriodicAnnounce(2)));
+    }
+
+    #[test]
+    fn packets_claiming_another_sender_are_rejected_before_foca_sees_them() {
+        let cfg = config(3);
+        let mut a = Membership::new(&cfg, MemberId(0), 1, 1);
+        let mut b = Membership::new(&cfg, MemberId(1), 1, 2);
+        a.announce_to_inactive(Instant::ZERO);
+        let sends = a.take_sends();
+        let (_, packet) = sends.iter().find(|(to, _)| *to == MemberId(1)).unwrap();
+        assert_eq!(
+            b.handle_packet(Instant::ZERO, MemberId(2), packet),
+            Err(SwimDrop::SenderMismatch)
+        );
+        assert_eq!(b.handle_packet(Instant::ZERO, MemberId(0), packet), Ok(()));
+        assert_eq!(
+            b.handle_packet(Instant::ZERO, MemberId(0), &[1, 2, 3]),
+            Err(SwimDrop::Rejected("malformed"))
+        );
+    }
+
+    #[test]
+    fn only_news_is_disseminated() {
+        let inbox: Inbox = Arc::default();
+        let mut h = Handler::new(3, inbox);
+        let health = |seq| {
+            Broadcast::Health(peerfence_proto::HealthUpdate {
+                member: MemberId(1),
+                generation: 1,
+                seq,
+                boot: peerfence_proto::BootId([1; 16]),
+                verdict: peerfence_proto::Verdict::Healthy,
+                storage: vec![],
+                agent: peerfence_proto::AgentHealth::Unknown,
+                isolation: peerfence_proto::IsolationHealth::NotConfigured,
+            })
+        };
+        assert!(h.news(&health(2)).unwrap().is_some());
+        assert!(
+            h.news(&health(2)).unwrap().is_none(),
+            "a repeat is not news"
+        );
+        assert!(
+            h.news(&health(1)).unwrap().is_none(),
+            "an older update is not news"
+        );
+        assert!(h.news(&health(3)).unwrap().is_some());
+        let stranger = Broadcast::Leave(peerfence_proto::LeaveNotice {
+            member: MemberId(7),
+            generation: 1,
+        });
+        assert!(h.news(&stranger).is_err());
+    }
+}

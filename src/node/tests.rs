@@ -32,6 +32,8 @@ struct Cluster {
     powered_off: Vec<bool>,
     /// BMCs that never answer.
     bmc_hung: Vec<bool>,
+    /// BMCs that answer every command with an error.
+    bmc_failing: Vec<bool>,
     queue: VecDeque<(MemberId, MemberId, Bytes)>,
     next_second: Instant,
 }
@@ -53,6 +55,7 @@ impl Cluster {
             cut: vec![false; n],
             powered_off: vec![false; n],
             bmc_hung: vec![false; n],
+            bmc_failing: vec![false; n],
             queue: VecDeque::new(),
             next_second: now,
         };
@@ -104,6 +107,17 @@ impl Cluster {
                         .push_back((MemberId(i as u16), *to, bytes.clone()))
                 }
                 Output::Fence(cmd) if self.bmc_hung[cmd.target.index()] => {}
+                Output::Fence(cmd) if self.bmc_failing[cmd.target.index()] => {
+                    self.log[i].push(o.clone());
+                    self.handle(
+                        i,
+                        Input::FenceResult {
+                            id: cmd.id,
+                            result: AgentResult::Failed,
+                        },
+                    );
+                    continue;
+                }
                 Output::Fence(cmd) => {
                     let t = cmd.target.index();
                     let result = match cmd.action {
@@ -772,4 +786,71 @@ fn the_first_output_persists_the_new_generation() {
         panic!()
     };
     assert_eq!(s2.generation, 2);
+}
+
+#[test]
+fn failed_attempts_back_off_and_end_in_failed() {
+    let mut c = settled(5, |r| {
+        r.fencing.max_attempts = Some(3);
+    });
+    c.bmc_failing[4] = true; // wrong password: every attempt fails at once
+    c.kill_host(4);
+    c.run_for(Duration::from_secs(60));
+    let failures: Vec<(u16, Option<Duration>)> = c
+        .all_events()
+        .filter_map(|(_, e)| match e {
+            Event::FenceFailed {
+                attempt, retry_in, ..
+            } => Some((*attempt, *retry_in)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        failures,
+        vec![
+            (1, Some(Duration::from_secs(10))),
+            (2, Some(Duration::from_secs(20))),
+            (3, None)
+        ],
+        "back-off 10 s, 20 s, then Failed after max_attempts"
+    );
+    for node in c.nodes.iter().flatten() {
+        let p = node
+            .status()
+            .peers
+            .into_iter()
+            .find(|p| p.member == MemberId(4))
+            .unwrap();
+        assert_eq!(p.ha, HaState::Failed, "{:?}", node.me());
+        assert_eq!(p.attempts, 3);
+    }
+    // Nothing more happens on its own; an operator's manual request tries again.
+    let fences = c
+        .log
+        .iter()
+        .flatten()
+        .filter(|o| matches!(o, Output::Fence(_)))
+        .count();
+    c.run_for(Duration::from_secs(60));
+    assert_eq!(
+        fences,
+        c.log
+            .iter()
+            .flatten()
+            .filter(|o| matches!(o, Output::Fence(_)))
+            .count()
+    );
+    c.bmc_failing[4] = false;
+    c.handle(
+        0,
+        Input::Operator(OperatorCommand::ManualFence {
+            target: MemberId(4),
+        }),
+    );
+    c.run_for(Duration::from_secs(5));
+    assert!(
+        c.all_events().any(
+            |(_, e)| matches!(e, Event::FenceConfirmed { target, .. } if *target == MemberId(4))
+        )
+    );
 }
