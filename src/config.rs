@@ -144,6 +144,26 @@ pub struct RawLevel {
     pub timeout: Option<String>,
 }
 
+impl RawLevel {
+    /// A fence-agent level.
+    pub fn agent(name: &str, timeout: &str) -> Self {
+        Self {
+            name: name.into(),
+            kind: "agent".into(),
+            timeout: Some(timeout.into()),
+        }
+    }
+
+    /// A poison-pill level.
+    pub fn poison_pill(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            kind: "poison-pill".into(),
+            timeout: None,
+        }
+    }
+}
+
 /// `[fencing]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -836,11 +856,7 @@ impl RawConfig {
 
         // [fencing]
         let f = &self.fencing;
-        let default_levels = vec![RawLevel {
-            name: "bmc".into(),
-            kind: "agent".into(),
-            timeout: None,
-        }];
+        let default_levels = vec![RawLevel::agent("bmc", "20s")];
         let raw_levels = f.levels.as_ref().unwrap_or(&default_levels);
         if raw_levels.is_empty() || raw_levels.len() > MAX_LEVELS {
             c.err(
@@ -1290,11 +1306,7 @@ mod tests {
     #[test]
     fn poison_pill_requires_watchdogs() {
         let mut r = raw(5);
-        r.fencing.levels = Some(vec![RawLevel {
-            name: "pill".into(),
-            kind: "poison-pill".into(),
-            timeout: None,
-        }]);
+        r.fencing.levels = Some(vec![RawLevel::poison_pill("pill")]);
         assert!(has(
             &errors_of(&r),
             "watchdog.enabled",
@@ -1309,16 +1321,8 @@ mod tests {
         let mut r = raw(5);
         r.watchdog.enabled = Some(true);
         r.fencing.levels = Some(vec![
-            RawLevel {
-                name: "pill".into(),
-                kind: "poison-pill".into(),
-                timeout: None,
-            },
-            RawLevel {
-                name: "bmc".into(),
-                kind: "agent".into(),
-                timeout: None,
-            },
+            RawLevel::poison_pill("pill"),
+            RawLevel::agent("bmc", "20s"),
         ]);
         r.fencing.max_unhealthy = Some(3);
         let e = errors_of(&r);
@@ -1362,16 +1366,8 @@ mod tests {
         let mut r = raw(5);
         r.watchdog.enabled = Some(true);
         r.fencing.levels = Some(vec![
-            RawLevel {
-                name: "bmc".into(),
-                kind: "agent".into(),
-                timeout: Some("10s".into()),
-            },
-            RawLevel {
-                name: "pill".into(),
-                kind: "poison-pill".into(),
-                timeout: None,
-            },
+            RawLevel::agent("bmc", "10s"),
+            RawLevel::poison_pill("pill"),
         ]);
         let c = r.validate().unwrap();
         // stop bound: max(5s, 5s, 1s) + 1s feed = 6s; + 10s watchdog, stretched, + 2s margin.

@@ -691,11 +691,7 @@ impl World {
                 epoch,
                 path,
                 outcome,
-            } => {
-                if self.hosts[host].epoch == epoch {
-                    self.feed(host, Input::StorageWrite { path, outcome });
-                }
-            }
+            } => self.feed_instance(host, epoch, Input::StorageWrite { path, outcome }),
             Ev::HbLand { host, path, record } => {
                 // A write lands only if the host still runs the boot that issued it.
                 let hs = &self.hosts[host];
@@ -721,22 +717,14 @@ impl World {
                 epoch,
                 id,
                 result,
-            } => {
-                if self.hosts[host].epoch == epoch {
-                    self.feed(host, Input::FenceResult { id, result });
-                }
-            }
+            } => self.feed_instance(host, epoch, Input::FenceResult { id, result }),
             Ev::BmcEffect { target, on } => self.bmc_effect(target, on),
             Ev::PillDone {
                 host,
                 epoch,
                 id,
                 ok,
-            } => {
-                if self.hosts[host].epoch == epoch {
-                    self.feed(host, Input::PillWritten { id, ok });
-                }
-            }
+            } => self.feed_instance(host, epoch, Input::PillWritten { id, ok }),
             Ev::PillLand { path, target, qc } => {
                 self.storage.pill[path][target] = qc;
             }
@@ -910,6 +898,14 @@ impl World {
         };
         node.handle(local, input);
         self.drain(h);
+    }
+
+    /// Feeds `input` only if the daemon instance `epoch` still runs: results of commands and
+    /// writes started by an instance that crashed since die with it.
+    fn feed_instance(&mut self, h: usize, epoch: u64, input: Input) {
+        if self.hosts[h].epoch == epoch {
+            self.feed(h, input);
+        }
     }
 
     fn drain(&mut self, h: usize) {
