@@ -535,6 +535,10 @@ fn lossy_network(s: &mut Setup) {
 fn random(s: &mut Setup) {
     s.duration_us = 120 * SEC;
     let n = s.nodes;
+    // Half the runs use two shared paths: a host is alive if its heartbeat moves on any path,
+    // stalled only if it stops on all, and self-fences only when every path failed.
+    let paths = if s.rng.random_bool(0.5) { 2 } else { 1 };
+    s.raw.storage.paths = (0..paths).map(|i| format!("/shared/{i}")).collect();
     let faults = s.rng.random_range(2..=5);
     for _ in 0..faults {
         let at = s.at(15, 90);
@@ -559,11 +563,13 @@ fn random(s: &mut Setup) {
                     _ => StorageMode::Hang,
                 };
                 let until_reboot = s.rng.random_bool(0.3);
+                let path =
+                    (paths > 1 && s.rng.random_bool(0.5)).then(|| s.rng.random_range(0..paths));
                 s.fault(
                     at,
                     Fault::Storage {
                         hosts: hosts.clone(),
-                        path: None,
+                        path,
                         mode,
                         until_reboot,
                     },
