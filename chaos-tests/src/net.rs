@@ -126,6 +126,14 @@ impl Network {
         out
     }
 
+    /// Hosts other than `host` with a direct link both ways, among `up`: the peers a member can
+    /// exchange contact probes with (no relaying).
+    pub fn direct_peers(&self, host: usize, up: &[bool]) -> usize {
+        (0..self.n)
+            .filter(|&y| y != host && up[y] && self.open(host, y) && self.open(y, host))
+            .count()
+    }
+
     /// Hosts mutually reachable with `host` (both directions open), transitively, among `up`.
     pub fn component(&self, host: usize, up: &[bool]) -> Vec<usize> {
         let mut seen = vec![false; self.n];

@@ -1508,12 +1508,13 @@ impl World {
 }
 
 impl World {
-    /// Notes every host that is in a partition smaller than a quorum right now.
+    /// Notes every host that cannot talk both ways, directly, with a quorum (itself included)
+    /// right now: in a minority partition, or cut off by asymmetric faults.
     fn mark_minorities(&mut self) {
         let up = vec![true; self.hosts.len()];
         let q = self.cfg.quorum();
         for h in 0..self.hosts.len() {
-            if self.net.component(h, &up).len() < q {
+            if 1 + self.net.direct_peers(h, &up) < q {
                 self.minority_at[h] = Some(self.now);
             }
         }

@@ -141,3 +141,21 @@ fn lossy_network_20() {
 fn random() {
     run("random");
 }
+
+/// Cluster size changes quorum arithmetic (4 hosts: q = 3, one failure left), storm thresholds
+/// and who can vouch for whom; the random schedules run at other sizes too.
+#[test]
+fn random_at_other_sizes() {
+    let scenario = find("random").expect("scenario exists");
+    let n = seeds("PEERFENCE_SIM_SIZES_SEEDS", 250);
+    for nodes in [3, 4, 7] {
+        let s = peerfence_chaos::run(scenario, 1, n, nodes, 1, &|_, _| {});
+        eprintln!("random/{nodes} hosts: {} runs, {} fences", s.runs, s.fences_total);
+        assert!(
+            s.violations_total == 0,
+            "{} violation(s) in random with {nodes} hosts, first: {:?}\nreplay: cargo run -p peerfence-chaos -- sim --scenario random --nodes {nodes} --first-seed SEED --seeds 1 --trace",
+            s.violations_total,
+            s.violations.first()
+        );
+    }
+}

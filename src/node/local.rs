@@ -253,12 +253,14 @@ impl Node {
                 self.contact.rounds.pop_front();
             }
             self.contact.next_probe = self.now + cfg.watchdog.contact_interval;
+            // Reliable: a lost probe or answer must not cost a vouch (QUIC retransmits). A late
+            // answer is still sound, because a vouch counts from the probe's send time.
             self.send_all(
                 Message::Contact(Contact {
                     boot: self.boot,
                     nonce,
                 }),
-                false,
+                true,
             );
         }
         if !cfg.watchdog.enabled || self.durable.watchdog_stopped_for == Some(self.boot) {
@@ -323,7 +325,7 @@ impl Node {
                 nonce: c.nonce,
                 vouch,
             }),
-            false,
+            true,
         );
     }
 

@@ -50,6 +50,8 @@ use std::time::Duration;
 pub const TICK: Duration = Duration::from_millis(100);
 /// This node re-broadcasts its health at least this often, so that late joiners learn it.
 pub const HEALTH_REFRESH: Duration = Duration::from_secs(5);
+/// Changes of health detail (not of the verdict) are broadcast at most this often.
+pub const HEALTH_DETAIL_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Outputs queued at most between two drains: far above anything one input produces, so hitting
 /// it means the driver stopped draining, which is a bug worth stopping for.
 const OUTPUTS_MAX: usize = 1_000_000;
@@ -871,16 +873,23 @@ impl Node {
             self.emit(Event::VerdictChanged { verdict });
         }
         let storage = self.local.storage(&cfg, self.now);
-        let changed = match &self.last_health {
-            Some(h) => {
-                h.verdict != verdict
-                    || h.storage != storage
+        // A verdict change goes out at once; a change of detail only (a path flapping between
+        // Ok and Slow, say) waits for a second since the last update, so a noisy path cannot
+        // flood the gossip.
+        let (verdict_changed, detail_changed) = match &self.last_health {
+            Some(h) => (
+                h.verdict != verdict,
+                h.storage != storage
                     || h.agent != self.local.agent()
-                    || h.isolation != self.local.isolation()
-            }
-            None => true,
+                    || h.isolation != self.local.isolation(),
+            ),
+            None => (true, true),
         };
-        if changed || self.now >= self.next_health {
+        let detail_due = self.now
+            >= self
+                .next_health
+                .saturating_sub(HEALTH_REFRESH - HEALTH_DETAIL_MIN_INTERVAL);
+        if verdict_changed || (detail_changed && detail_due) || self.now >= self.next_health {
             self.health_seq += 1;
             let h = HealthUpdate {
                 member: self.me,

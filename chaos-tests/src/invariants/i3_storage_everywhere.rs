@@ -9,8 +9,9 @@
 //!
 //! The one accepted exception is DESIGN.md's known trade-off (as in SBD): a host that was in a
 //! minority partition while storage was lost everywhere stops feeding, and may be reset even if
-//! the partition heals before its watchdog fires. So a reset is judged only when the host was in
-//! a quorate partition during its whole last watchdog window.
+//! the partition heals before its watchdog fires. "In a quorate partition" means what a member
+//! can know without relays: a direct exchange, both ways, with q − 1 running peers. So a reset is
+//! judged only when the host had that during its whole last watchdog window.
 
 use super::{Ctx, Found};
 
@@ -52,14 +53,16 @@ impl Check {
         if ctx.minority_at[host].is_some_and(|t| t + window >= ctx.now) {
             return Vec::new();
         }
+        // Vouches need a direct exchange both ways with q - 1 running daemons: that, not mere
+        // transitive reachability, is what "in a quorate partition" can mean to a member.
         let up: Vec<bool> = ctx.hosts.iter().map(|h| h.node.is_some()).collect();
-        let comp = ctx.net.component(host, &up);
-        if comp.len() >= ctx.cfg.quorum() {
+        let peers = ctx.net.direct_peers(host, &up);
+        if 1 + peers >= ctx.cfg.quorum() {
             vec![(
                 "I3",
                 format!(
-                    "watchdog reset h{host} while storage was lost everywhere and it was in a quorate partition of {}",
-                    comp.len()
+                    "watchdog reset h{host} while storage was lost everywhere and it talked both ways with {peers} running peers (quorum {})",
+                    ctx.cfg.quorum()
                 ),
             )]
         } else {
