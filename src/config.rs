@@ -529,7 +529,9 @@ impl Config {
     /// should (its last successful write, the send time of the last vouched contact, or the
     /// appearance of a poison pill in its slot), measured on its own clock.
     pub fn watchdog_stop_bound(&self) -> Duration {
-        self.storage_failed_detect()
+        // A write can be visible to readers before its fsync returns; the writer counts it only
+        // when the driver reports it, up to one write timeout later. Hence the extra timeout.
+        (self.storage_failed_detect() + self.storage.write_timeout)
             .max(self.watchdog.contact_timeout)
             .max(self.storage.heartbeat_interval)
             + self.watchdog.feed_interval
@@ -1153,8 +1155,9 @@ fn abbreviate(s: &str) -> String {
 
 /// The digest covers what every member must agree on for the safety argument to hold: who the
 /// members are and their keys (quorum, signatures), the heartbeat and watchdog timings that
-/// deadline confirmation relies on, the budget and lanes (slot and lane ranges), and whether a
-/// poison-pill level exists. Mode, SWIM timings and the self-fence action may differ per member
+/// deadline confirmation relies on, the budget and lanes (slot and lane ranges), the proposal
+/// timeout and every level's time budget (promises must cover any member's attempt), and
+/// whether a poison-pill level exists. Mode, SWIM timings and the self-fence action may differ per member
 /// and during rolling changes.
 fn compute_digest(c: &Config) -> ConfigDigest {
     let mut h = Sha256::new();
@@ -1185,6 +1188,13 @@ fn compute_digest(c: &Config) -> ConfigDigest {
     put("budget_window", &ms(c.fencing.budget_window));
     put("max_concurrent", &[c.fencing.max_concurrent.get()]);
     put("poison_pill", &[u8::from(c.has_poison_pill())]);
+    // Promise lifetime and every deadline that derives from the levels: a member with longer
+    // levels would run attempts its peers' promises no longer cover.
+    put("proposal_timeout", &ms(c.fencing.proposal_timeout));
+    for l in &c.fencing.levels {
+        put("level", &ms(c.level_budget(l)));
+    }
+    put("promise_ttl", &ms(c.promise_ttl()));
     put("clock_drift_ppm", &c.fencing.clock_drift_ppm.to_le_bytes());
     put("confirm_margin", &ms(c.fencing.confirm_margin));
     let out = h.finalize();
@@ -1352,6 +1362,16 @@ mod tests {
             .collect();
         assert_ne!(r.validate().unwrap().digest(), a);
         let mut r = raw(5);
+        r.fencing.levels = Some(vec![RawLevel::agent("bmc", "60s")]);
+        assert_ne!(
+            r.validate().unwrap().digest(),
+            a,
+            "level budgets set promise lifetimes"
+        );
+        let mut r = raw(5);
+        r.fencing.proposal_timeout = Some("4s".into());
+        assert_ne!(r.validate().unwrap().digest(), a);
+        let mut r = raw(5);
         r.swim.gossip_period = Some("300ms".into());
         r.cluster.mode = Some("observe".into());
         assert_eq!(
@@ -1370,10 +1390,11 @@ mod tests {
             RawLevel::poison_pill("pill"),
         ]);
         let c = r.validate().unwrap();
-        // stop bound: max(5s, 5s, 1s) + 1s feed = 6s; + 10s watchdog, stretched, + 2s margin.
-        assert_eq!(c.watchdog_stop_bound(), Duration::from_secs(6));
-        assert!(c.pill_confirm_wait() > Duration::from_secs(18));
-        assert!(c.pill_confirm_wait() < Duration::from_millis(18_100));
+        // stop bound: max(5s + 2s write, 5s, 1s) + 1s feed = 8s; + 10s watchdog, stretched,
+        // + 2s margin.
+        assert_eq!(c.watchdog_stop_bound(), Duration::from_secs(8));
+        assert!(c.pill_confirm_wait() > Duration::from_secs(20));
+        assert!(c.pill_confirm_wait() < Duration::from_millis(20_100));
         assert!(c.promise_ttl() > c.fencing.proposal_timeout + c.attempt_max());
         assert_eq!(c.retry_backoff(1), Duration::from_secs(10));
         assert_eq!(c.retry_backoff(3), Duration::from_secs(40));

@@ -75,6 +75,9 @@ pub struct FenceRecord {
     pub deadline: Instant,
     /// How it ended; `None` while running (or if the node crashed during it).
     pub outcome: Option<OutcomeResult>,
+    /// A poison pill was (or may have been) written for it: it must be cleared when the attempt
+    /// ends, also if this node restarted in between.
+    pub pill_written: bool,
 }
 
 /// The last boot of a member known fenced (confirmed).
@@ -113,6 +116,10 @@ pub struct DurableState {
     pub watchdog_stopped_for: Option<BootId>,
     /// Counter for round numbers within the current generation.
     pub round_counter: u32,
+    /// Member names in id order when this state was written. Member-keyed entries follow names
+    /// across a roster change (ids are indexes in the name-sorted roster, and shift when a
+    /// member is added or removed).
+    pub roster: Vec<String>,
     /// Rounds this node opened as proposer and has not closed. After a restart, those without a
     /// fence record never started a fence (the record is persisted before any fence command),
     /// so they are released at once instead of holding their voters' promises until expiry.
@@ -160,6 +167,7 @@ impl DurableState {
             maintenance: Vec::new(),
             watchdog_stopped_for: None,
             round_counter: 0,
+            roster: Vec::new(),
             open_rounds: Vec::new(),
         }
     }
@@ -210,6 +218,87 @@ impl DurableState {
             r.deadline = now + len;
         }
         self.boot = Some(boot);
+    }
+
+    /// Moves member-keyed entries from the roster this state was written under to `names` (the
+    /// current roster, in id order). Entries about members no longer configured are dropped:
+    /// nobody can fence them under the new roster. Returns whether anything moved.
+    pub fn remap_roster(&mut self, names: &[String]) -> bool {
+        if self.roster.is_empty() || self.roster == names {
+            let changed = self.roster.is_empty() && !names.is_empty();
+            self.roster = names.to_vec();
+            return changed;
+        }
+        let map: Vec<Option<MemberId>> = self
+            .roster
+            .iter()
+            .map(|old| {
+                names
+                    .iter()
+                    .position(|n| n == old)
+                    .and_then(|i| u16::try_from(i).ok())
+                    .map(MemberId)
+            })
+            .collect();
+        let m = |id: MemberId| map.get(id.index()).copied().flatten();
+        let mp = |p: &Proposal| -> Option<Proposal> {
+            Some(Proposal {
+                target: m(p.target)?,
+                proposer: m(p.proposer)?,
+                ..*p
+            })
+        };
+        self.promises = std::mem::take(&mut self.promises)
+            .into_iter()
+            .filter_map(|mut pr| {
+                pr.proposal = mp(&pr.proposal)?;
+                pr.vote.voter = m(pr.vote.voter)?;
+                Some(pr)
+            })
+            .collect();
+        self.slots = std::mem::take(&mut self.slots)
+            .into_iter()
+            .filter_map(|mut r| {
+                r.target = m(r.target)?;
+                Some(r)
+            })
+            .collect();
+        self.fenced = std::mem::take(&mut self.fenced)
+            .into_iter()
+            .filter_map(|mut f| {
+                f.member = m(f.member)?;
+                Some(f)
+            })
+            .collect();
+        self.maintenance = std::mem::take(&mut self.maintenance)
+            .into_iter()
+            .filter_map(|mut f| {
+                f.member = m(f.member)?;
+                f.version.by = m(f.version.by).unwrap_or(f.member);
+                Some(f)
+            })
+            .collect();
+        self.armed.version.by = m(self.armed.version.by).unwrap_or(MemberId(0));
+        self.fence_log = std::mem::take(&mut self.fence_log)
+            .into_iter()
+            .filter_map(|mut r| {
+                r.qc.proposal = mp(&r.qc.proposal)?;
+                r.qc.votes.retain_mut(|v| match m(v.voter) {
+                    Some(id) => {
+                        v.voter = id;
+                        true
+                    }
+                    None => false,
+                });
+                Some(r)
+            })
+            .collect();
+        self.open_rounds = std::mem::take(&mut self.open_rounds)
+            .iter()
+            .filter_map(mp)
+            .collect();
+        self.roster = names.to_vec();
+        true
     }
 
     /// The live promise on `target`, if any (call [`Self::expire`] first).
@@ -540,6 +629,65 @@ mod tests {
     }
 
     #[test]
+    fn member_keyed_entries_follow_names_across_a_roster_change() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut s = DurableState::new();
+        assert!(
+            s.remap_roster(&names(&["a", "c", "d"])),
+            "first roster is recorded"
+        );
+        // "d" (id 2) is in maintenance, "c" (id 1) fenced, a promise targets "d".
+        s.apply_maintenance(MaintenanceState {
+            member: MemberId(2),
+            on: true,
+            version: FlagVersion {
+                counter: 1,
+                by: MemberId(0),
+            },
+        });
+        s.record_fenced(MemberId(1), BootId([1; 16]));
+        let mut p = promise(2, 0, 10);
+        p.proposal.proposer = MemberId(0); // proposed by "a"
+        s.grant(p);
+        // "b" joins and sorts before "c" and "d"; "a" leaves.
+        assert!(s.remap_roster(&names(&["b", "c", "d"])));
+        assert!(
+            s.in_maintenance(MemberId(2)),
+            "d keeps its maintenance flag"
+        );
+        assert_eq!(
+            s.fenced_boot(MemberId(1)),
+            Some(BootId([1; 16])),
+            "c stays fenced"
+        );
+        assert_eq!(
+            s.promises.len(),
+            0,
+            "its proposer (a) is gone, so is the promise"
+        );
+        let mut s2 = DurableState::new();
+        s2.remap_roster(&names(&["a", "c", "d"]));
+        s2.apply_maintenance(MaintenanceState {
+            member: MemberId(2),
+            on: true,
+            version: FlagVersion {
+                counter: 1,
+                by: MemberId(1),
+            },
+        });
+        s2.remap_roster(&names(&["a", "b", "c", "d"]));
+        assert!(
+            !s2.in_maintenance(MemberId(2)),
+            "the flag no longer sits on c"
+        );
+        assert!(s2.in_maintenance(MemberId(3)), "it moved with d");
+        assert!(
+            !s2.remap_roster(&names(&["a", "b", "c", "d"])),
+            "same roster: nothing moves"
+        );
+    }
+
+    #[test]
     fn fence_log_is_bounded() {
         let mut s = DurableState::new();
         let qc = QuorumCertificate {
@@ -553,6 +701,7 @@ mod tests {
                 started_at: Instant::ZERO,
                 deadline: Instant::ZERO,
                 outcome: None,
+                pill_written: false,
             });
         }
         assert_eq!(s.fence_log.len(), FENCE_LOG_MAX);

@@ -62,6 +62,19 @@ impl Invalidates for BroadcastKey {
     }
 }
 
+/// The dissemination key of an item.
+fn key_of(item: &Broadcast) -> BroadcastKey {
+    match item {
+        Broadcast::Health(h) => BroadcastKey::Health(h.member),
+        Broadcast::Arm(_) => BroadcastKey::Arm,
+        Broadcast::Maintenance(m) => BroadcastKey::Maintenance(m.member),
+        Broadcast::Outcome(o) => {
+            BroadcastKey::Outcome(o.proposal.target, o.proposal.proposer, o.proposal.round)
+        }
+        Broadcast::Leave(l) => BroadcastKey::Leave(l.member),
+    }
+}
+
 /// A broadcast item that did not decode or names an unknown member.
 #[derive(Debug, thiserror::Error)]
 #[error("bad broadcast item: {0}")]
@@ -167,11 +180,17 @@ impl BroadcastHandler<Ident> for Handler {
     fn receive_item(
         &mut self,
         data: &[u8],
-        _sender: Option<&Ident>,
+        sender: Option<&Ident>,
     ) -> Result<Option<Self::Key>, Self::Error> {
         let item = peerfence_proto::decode_broadcast(data)
             .map_err(|e: DecodeError| BadBroadcast(e.to_string()))?;
         let key = self.news(&item)?;
+        if key.is_none() && sender.is_none() {
+            // This node's own periodic re-broadcast (anti-entropy): disseminate it although it
+            // is old news here, so that members that missed it catch up. Receivers that know it
+            // already do not pass it on.
+            return Ok(Some(key_of(&item)));
+        }
         if key.is_some() {
             // The lock is never contended: only the node's own thread touches it, between calls.
             let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());

@@ -126,11 +126,19 @@ impl Network {
         out
     }
 
-    /// Hosts other than `host` with a direct link both ways, among `up`: the peers a member can
-    /// exchange contact probes with (no relaying).
-    pub fn direct_peers(&self, host: usize, up: &[bool]) -> usize {
+    /// Hosts other than `host`, among `up`, that it can exchange contact probes with: a link
+    /// both ways, directly or through one relay that is up (probes are relayed once, like
+    /// SWIM's indirect probes).
+    pub fn contact_peers(&self, host: usize, up: &[bool]) -> usize {
+        let both = |a: usize, b: usize| self.open(a, b) && self.open(b, a);
         (0..self.n)
-            .filter(|&y| y != host && up[y] && self.open(host, y) && self.open(y, host))
+            .filter(|&y| {
+                y != host
+                    && up[y]
+                    && (both(host, y)
+                        || (0..self.n)
+                            .any(|r| r != host && r != y && up[r] && both(host, r) && both(r, y)))
+            })
             .count()
     }
 

@@ -196,7 +196,7 @@ fn crash_two_of_seven(s: &mut Setup) {
     s.fault(at, Fault::CrashHost(v[0]));
     s.fault(at2, Fault::CrashHost(v[1]));
     // Usually ~6 s. The bound is larger because the second crash may hit the proposer of the
-    // first fence mid-round: its voters then keep their promises for a promise lifetime (~35 s
+    // first fence mid-round: its voters then keep their promises for a promise lifetime (~37 s
     // here) before anyone else can gather a quorum. That is the price of one fence in flight
     // per target (I4); see docs/SAFETY.md.
     s.expected_crashes.push((v[0], at, Some(60 * SEC)));

@@ -1508,13 +1508,14 @@ impl World {
 }
 
 impl World {
-    /// Notes every host that cannot talk both ways, directly, with a quorum (itself included)
-    /// right now: in a minority partition, or cut off by asymmetric faults.
+    /// Notes every host that cannot exchange contact probes (directly or through one relay)
+    /// with a quorum (itself included) right now: in a minority partition, or cut off by
+    /// asymmetric faults.
     fn mark_minorities(&mut self) {
         let up = vec![true; self.hosts.len()];
         let q = self.cfg.quorum();
         for h in 0..self.hosts.len() {
-            if 1 + self.net.direct_peers(h, &up) < q {
+            if 1 + self.net.contact_peers(h, &up) < q {
                 self.minority_at[h] = Some(self.now);
             }
         }

@@ -85,3 +85,47 @@ fn a_clean_network_needs_no_faults_to_stay_quiet() {
     assert!(r.violations.is_empty(), "{:?}", r.violations);
     assert!(r.fences.is_empty() && r.self_fences.is_empty());
 }
+
+/// Regression (found in review): four hosts, one crashed and fenced, so the three others are a
+/// bare quorum; then storage is lost everywhere and the link between two of them is cut. Each
+/// of those two reaches the other only through the third. Vouches must travel that way, or all
+/// three reset one after another.
+#[test]
+fn a_cut_link_does_not_reset_a_bare_quorum() {
+    for seed in 1..=20 {
+        let s = Setup::new(4, seed);
+        let all = vec![0, 1, 2, 3];
+        let spec = RunSpec {
+            seed,
+            nodes: 4,
+            duration_us: 100 * SEC,
+            raw: s.raw,
+            params: s.params,
+            faults: vec![
+                (20 * SEC, Fault::CrashHost(3)),
+                (
+                    40 * SEC,
+                    Fault::Storage {
+                        hosts: all,
+                        path: None,
+                        mode: peerfence_chaos::world::StorageMode::Hang,
+                        until_reboot: false,
+                    },
+                ),
+                (40 * SEC, Fault::BlockLink(0, 1)),
+                (40 * SEC, Fault::BlockLink(1, 0)),
+            ],
+            triggers: Vec::new(),
+            expected_crashes: Vec::new(),
+            trace: false,
+        };
+        let r = World::new(spec).run();
+        assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
+        // Host 3 may be reset by its own watchdog after its panic; nobody else may be.
+        assert!(
+            r.watchdog_resets <= 1,
+            "seed {seed}: {} watchdog resets",
+            r.watchdog_resets
+        );
+    }
+}

@@ -150,7 +150,10 @@ fn random_at_other_sizes() {
     let n = seeds("PEERFENCE_SIM_SIZES_SEEDS", 250);
     for nodes in [3, 4, 7] {
         let s = peerfence_chaos::run(scenario, 1, n, nodes, 1, &|_, _| {});
-        eprintln!("random/{nodes} hosts: {} runs, {} fences", s.runs, s.fences_total);
+        eprintln!(
+            "random/{nodes} hosts: {} runs, {} fences",
+            s.runs, s.fences_total
+        );
         assert!(
             s.violations_total == 0,
             "{} violation(s) in random with {nodes} hosts, first: {:?}\nreplay: cargo run -p peerfence-chaos -- sim --scenario random --nodes {nodes} --first-seed SEED --seeds 1 --trace",

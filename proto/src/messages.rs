@@ -423,18 +423,28 @@ pub enum Message {
     Leave(LeaveNotice),
 }
 
-/// A contact probe (see [`Message::Contact`]).
+/// A contact probe (see [`Message::Contact`]). Sent directly to `target`, or to a relay that
+/// forwards it once to `target` (like SWIM's indirect probes), so that a member still reaches
+/// peers it has no direct link to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
-    /// The sender's current boot; peers that agreed to fence that boot do not vouch.
+    /// The member asking. A relay forwards only probes whose sender is their origin: one hop.
+    pub origin: MemberId,
+    /// The member asked; a receiver that is not the target relays.
+    pub target: MemberId,
+    /// The origin's current boot; peers that agreed to fence that boot do not vouch.
     pub boot: BootId,
-    /// Echoed in the answer; tells the sender when the probe it answers was sent.
+    /// Echoed in the answer; tells the origin when the probe it answers was sent.
     pub nonce: u64,
 }
 
-/// The answer to a contact probe.
+/// The answer to a contact probe, sent back the way the probe came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactAck {
+    /// The member that asked; a receiver that is not the origin relays the answer to it.
+    pub origin: MemberId,
+    /// The member answering.
+    pub voucher: MemberId,
     /// The probe's nonce.
     pub nonce: u64,
     /// False when the answering member holds a promise, a fence in flight, or a fence record

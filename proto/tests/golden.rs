@@ -106,11 +106,15 @@ fn golden_refuse_release_outcome() {
 #[test]
 fn golden_contact() {
     let contact = roundtrip(&envelope(Message::Contact(Contact {
+        origin: MemberId(1),
+        target: MemberId(3),
         boot: BootId([0x33; 16]),
         nonce: 77,
     })));
     check("Contact", &contact, GOLDEN_CONTACT);
     let ack = roundtrip(&envelope(Message::ContactAck(ContactAck {
+        origin: MemberId(1),
+        voucher: MemberId(3),
         nonce: 77,
         vouch: false,
     })));
@@ -243,6 +247,6 @@ const GOLDEN_HEARTBEAT: &str =
     "010870726f642d6b766d2a00021111111111111111111111111111111103fc40420f00";
 const GOLDEN_SWIM_HEADER: &str = "0103020400000902010501";
 const GOLDEN_CONTACT: &str =
-    "010870726f642d6b766dfdefcdab89674523010107333333333333333333333333333333334d";
-const GOLDEN_CONTACT_ACK: &str = "010870726f642d6b766dfdefcdab896745230101084d00";
+    "010870726f642d6b766dfdefcdab896745230101070103333333333333333333333333333333334d";
+const GOLDEN_CONTACT_ACK: &str = "010870726f642d6b766dfdefcdab8967452301010801034d00";
 const GOLDEN_LEAVE: &str = "040409";

@@ -369,6 +369,17 @@ impl Node {
             self.stats.drop("forged_sender");
             return;
         }
+        let target = r.proposal.target;
+        match self.rounds.get_mut(&target) {
+            Some(round) if round.proposal == r.proposal && !round.votes.contains_key(&from) => {
+                round.refusals.insert(from, r.reason);
+            }
+            _ => {
+                // Not about a live round of ours: no hints from it either.
+                self.stats.drop("stale_refusal");
+                return;
+            }
+        }
         let hint_until = self.now + self.cfg.promise_ttl();
         match r.reason {
             RefuseReason::SlotTaken { slot } => {
@@ -382,16 +393,6 @@ impl Node {
                 }
             }
             _ => {}
-        }
-        let target = r.proposal.target;
-        match self.rounds.get_mut(&target) {
-            Some(round) if round.proposal == r.proposal && !round.votes.contains_key(&from) => {
-                round.refusals.insert(from, r.reason);
-            }
-            _ => {
-                self.stats.drop("stale_refusal");
-                return;
-            }
         }
         self.progress_round(target);
     }

@@ -55,6 +55,7 @@ pub(super) struct Interrupted {
     pub proposal: Proposal,
     pub attempt: u16,
     pub deadline: Instant,
+    pub pill_written: bool,
 }
 
 impl Node {
@@ -95,6 +96,7 @@ impl Node {
             started_at: self.now,
             deadline: self.now + self.cfg.attempt_max(),
             outcome: None,
+            pill_written: false,
         });
         self.durable.close_round(&p);
         self.dirty = true;
@@ -157,6 +159,19 @@ impl Node {
             LevelKind::PoisonPill => {
                 exec.step = Step::AwaitPill(id);
                 exec.pill_written = true;
+                // Durable first: whoever ends this attempt, even after a restart, clears the pill.
+                let proposal = qc.proposal;
+                if let Some(r) = self
+                    .durable
+                    .fence_log
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.qc.proposal == proposal && r.outcome.is_none())
+                {
+                    r.pill_written = true;
+                }
+                self.dirty = true;
+                self.persist();
                 self.out.push_back(Output::WritePill { id, target: t, qc });
             }
         }
@@ -472,6 +487,7 @@ impl Node {
                 proposal: r.qc.proposal,
                 attempt: r.attempt,
                 deadline: r.deadline,
+                pill_written: r.pill_written,
             })
             .collect();
     }
@@ -502,6 +518,11 @@ impl Node {
             self.durable.release(&i.proposal);
             self.dirty = true;
             self.persist();
+            if i.pill_written {
+                self.out.push_back(Output::ClearPill {
+                    target: i.proposal.target,
+                });
+            }
             let outcome = FenceOutcome {
                 proposal: i.proposal,
                 attempt: i.attempt,

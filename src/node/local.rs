@@ -12,7 +12,7 @@ use super::{
     Event, LocalAction, Node, Output, SelfFenceBlock, SelfFenceCommand, SelfFenceReason,
     WatchdogAction, WatchdogStopReason,
 };
-use crate::config::{AfterOff, Mode, SelfFenceSetting};
+use crate::config::{AfterOff, Config, Mode, SelfFenceSetting};
 use crate::durable::FenceRecord;
 use crate::heartbeat::Liveness;
 use crate::membership::SwimState;
@@ -20,6 +20,7 @@ use crate::time::{Instant, stretch};
 use peerfence_proto::{
     BootId, Contact, ContactAck, Evidence, FenceKind, MemberId, Message, QuorumCertificate,
 };
+use rand::seq::SliceRandom;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,8 @@ pub(super) struct ContactState {
     rounds: VecDeque<(u64, Instant)>,
     /// Per member: send time of the latest probe it answered with a vouch.
     vouched: Vec<Option<Instant>>,
+    /// Per member: when it last answered a probe sent to it directly (a candidate relay).
+    direct: Vec<Option<Instant>>,
     next_probe: Instant,
 }
 
@@ -63,10 +66,15 @@ impl ContactState {
             nonce: 0,
             rounds: VecDeque::new(),
             vouched: vec![None; n],
+            direct: vec![None; n],
             next_probe: Instant::ZERO,
         }
     }
 }
+
+/// Relays asked per peer that has not vouched lately (as SWIM's indirect probes: a couple of
+/// paths is enough, more only multiplies traffic).
+const CONTACT_RELAYS: usize = 2;
 
 impl Node {
     /// How long after seeing a VM-stopping self-fence certificate its host is certainly reset:
@@ -145,6 +153,25 @@ impl Node {
         let FenceKind::SelfFence(action) = qc.proposal.kind else {
             return;
         };
+        // The round took up to a proposal timeout: look again before acting. Storage back, a
+        // disarm, or maintenance since the request all cancel it.
+        let still_failed = self.local.all_failed_since(&self.cfg, self.now).is_some();
+        let allowed = self.durable.armed.armed
+            && self.cfg.mode == Mode::Enforce
+            && !self.durable.in_maintenance(self.me);
+        if !still_failed || !allowed {
+            let proposal = qc.proposal;
+            self.send_all(
+                Message::Release(peerfence_proto::Release { proposal }),
+                true,
+            );
+            self.release_local(&proposal);
+            self.emit(Event::RoundAbandoned {
+                proposal,
+                refusal: None,
+            });
+            return;
+        }
         let stops = action.stops_vms();
         self.durable.log_fence(FenceRecord {
             qc: (*qc).clone(),
@@ -152,6 +179,7 @@ impl Node {
             started_at: self.now,
             deadline: self.now,
             outcome: None,
+            pill_written: false,
         });
         self.durable.close_round(&qc.proposal);
         if stops {
@@ -246,22 +274,7 @@ impl Node {
     pub(super) fn watchdog_step(&mut self) {
         let cfg = self.cfg.clone();
         if !self.local.storage_all_ok(&cfg, self.now) && self.now >= self.contact.next_probe {
-            self.contact.nonce += 1;
-            let nonce = self.contact.nonce;
-            self.contact.rounds.push_back((nonce, self.now));
-            while self.contact.rounds.len() > CONTACT_ROUNDS_MAX {
-                self.contact.rounds.pop_front();
-            }
-            self.contact.next_probe = self.now + cfg.watchdog.contact_interval;
-            // Reliable: a lost probe or answer must not cost a vouch (QUIC retransmits). A late
-            // answer is still sound, because a vouch counts from the probe's send time.
-            self.send_all(
-                Message::Contact(Contact {
-                    boot: self.boot,
-                    nonce,
-                }),
-                true,
-            );
+            self.contact_round(&cfg);
         }
         if !cfg.watchdog.enabled || self.durable.watchdog_stopped_for == Some(self.boot) {
             return;
@@ -317,24 +330,113 @@ impl Node {
             || self.durable.fenced_boot(m) == Some(boot)
     }
 
+    /// Probes every peer directly and, for peers that have not vouched lately, through relays
+    /// that answered us directly (one hop, as SWIM's indirect probes). Relaying changes only
+    /// the path, never who vouches: the watchdog argument of docs/SAFETY.md is unchanged.
+    fn contact_round(&mut self, cfg: &Config) {
+        self.contact.nonce += 1;
+        let nonce = self.contact.nonce;
+        self.contact.rounds.push_back((nonce, self.now));
+        while self.contact.rounds.len() > CONTACT_ROUNDS_MAX {
+            self.contact.rounds.pop_front();
+        }
+        self.contact.next_probe = self.now + cfg.watchdog.contact_interval;
+        let fresh = |t: &Option<Instant>, within: Duration, now: Instant| {
+            t.is_some_and(|t| now.saturating_since(t) <= within)
+        };
+        let relays: Vec<MemberId> = cfg
+            .roster
+            .ids()
+            .filter(|&r| {
+                r != self.me
+                    && fresh(
+                        &self.contact.direct[r.index()],
+                        cfg.watchdog.contact_timeout,
+                        self.now,
+                    )
+            })
+            .collect();
+        for p in cfg
+            .roster
+            .ids()
+            .filter(|&p| p != self.me)
+            .collect::<Vec<_>>()
+        {
+            let probe = Contact {
+                origin: self.me,
+                target: p,
+                boot: self.boot,
+                nonce,
+            };
+            // Reliable: a lost probe or answer must not cost a vouch (QUIC retransmits). A late
+            // answer is still sound, because a vouch counts from the probe's send time.
+            self.send(p, Message::Contact(probe), true);
+            if fresh(
+                &self.contact.vouched[p.index()],
+                cfg.watchdog.contact_interval * 2,
+                self.now,
+            ) {
+                continue;
+            }
+            let mut candidates: Vec<MemberId> =
+                relays.iter().copied().filter(|&r| r != p).collect();
+            candidates.shuffle(&mut self.rng);
+            for r in candidates.into_iter().take(CONTACT_RELAYS) {
+                self.send(r, Message::Contact(probe), true);
+            }
+        }
+    }
+
     pub(super) fn on_contact(&mut self, from: MemberId, c: Contact) {
-        let vouch = !self.against(from, c.boot);
-        self.send(
-            from,
-            Message::ContactAck(ContactAck {
+        if !self.cfg.roster.contains(c.origin) || !self.cfg.roster.contains(c.target) {
+            self.stats.drop("bad_contact");
+            return;
+        }
+        if c.target == self.me && c.origin != self.me {
+            // Asked directly (origin is the sender) or through the relay `from`: answer the way
+            // the probe came.
+            let vouch = !self.against(c.origin, c.boot);
+            let ack = ContactAck {
+                origin: c.origin,
+                voucher: self.me,
                 nonce: c.nonce,
                 vouch,
-            }),
-            true,
-        );
+            };
+            self.send(from, Message::ContactAck(ack), true);
+        } else if c.origin == from && c.target != from && c.target != self.me {
+            // Relay, once: only probes their sender originated are forwarded.
+            self.send(c.target, Message::Contact(c), true);
+        } else {
+            self.stats.drop("bad_contact");
+        }
     }
 
     pub(super) fn on_contact_ack(&mut self, from: MemberId, a: ContactAck) {
+        if !self.cfg.roster.contains(a.origin) || !self.cfg.roster.contains(a.voucher) {
+            self.stats.drop("bad_contact");
+            return;
+        }
+        if a.origin != self.me {
+            if from == a.voucher && a.voucher != self.me {
+                // The answer to a probe this node relayed: pass it back to its origin.
+                self.send(a.origin, Message::ContactAck(a), true);
+            } else {
+                self.stats.drop("bad_contact");
+            }
+            return;
+        }
+        if a.voucher == self.me {
+            self.stats.drop("bad_contact");
+            return;
+        }
         let Some(&(_, sent)) = self.contact.rounds.iter().find(|(n, _)| *n == a.nonce) else {
             self.stats.drop("stale_contact_ack");
             return;
         };
-        let slot = &mut self.contact.vouched[from.index()];
+        if from == a.voucher {
+            self.contact.direct[from.index()] = Some(self.now);
+        }
+        let slot = &mut self.contact.vouched[a.voucher.index()];
         if a.vouch {
             *slot = Some(slot.map_or(sent, |t| t.max(sent)));
         } else {

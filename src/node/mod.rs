@@ -235,6 +235,12 @@ impl Node {
             return Err(StartError::KeyMismatch(info.name.clone()));
         }
         let mut durable = durable.unwrap_or_default();
+        let names: Vec<String> = config
+            .roster
+            .ids()
+            .map(|m| config.roster.name(m).to_owned())
+            .collect();
+        durable.remap_roster(&names);
         durable.rebase(boot, now);
         durable.generation = durable
             .generation
@@ -309,7 +315,10 @@ impl Node {
         }
         match input {
             Input::Tick => {}
-            Input::Datagram { from, bytes } => self.on_datagram(from, &bytes),
+            Input::Datagram { from, bytes } => {
+                self.on_datagram(from, &bytes);
+                self.note_generation();
+            }
             Input::StorageWrite { path, outcome } => {
                 if !self.local.record_write(self.now, path, outcome) {
                     self.stats.drop("unknown_path");
@@ -331,6 +340,7 @@ impl Node {
         }
         if !self.stopped {
             self.swim.fire_timers(self.now);
+            self.note_generation();
             if self.now >= self.next_tick {
                 self.evaluate();
                 self.next_tick = self.now + TICK;
@@ -523,12 +533,19 @@ impl Node {
         for item in self.swim.take_inbox() {
             self.on_broadcast(item);
         }
+        self.note_generation();
+    }
+
+    /// foca renews this member's generation when the cluster declared it down. The new
+    /// generation is persisted before anything carrying it (SWIM packets, health, rounds,
+    /// heartbeat records) leaves: a restart must never reuse a generation already seen, or its
+    /// health would look stale and a reboot would not be recognised as one.
+    fn note_generation(&mut self) {
         let id = self.swim.identity();
         if id.generation > self.durable.generation {
-            // foca rejoined under a new generation after being declared down: remember it, or a
-            // restart could reuse a generation the cluster already considers down.
             self.durable.generation = id.generation;
             self.dirty = true;
+            self.persist();
         }
     }
 
@@ -901,9 +918,27 @@ impl Node {
                 agent: self.local.agent(),
                 isolation: self.local.isolation(),
             };
+            let periodic = self.now >= self.next_health;
             self.swim.broadcast(&Broadcast::Health(h.clone()));
             self.last_health = Some(h);
             self.next_health = self.now + HEALTH_REFRESH;
+            if periodic {
+                self.rebroadcast_flags();
+            }
+        }
+    }
+
+    /// Anti-entropy for operator flags: a member that was cut off when an operator disarmed the
+    /// cluster or put a host in maintenance would otherwise never learn it (gossip sends each
+    /// item only `max_transmissions` times). Only set flags are repeated: at most one per member
+    /// plus the arm switch.
+    fn rebroadcast_flags(&mut self) {
+        if self.durable.armed.version.counter > 0 {
+            let a = self.durable.armed;
+            self.swim.broadcast(&Broadcast::Arm(a));
+        }
+        for m in self.durable.maintenance.clone() {
+            self.swim.broadcast(&Broadcast::Maintenance(m));
         }
     }
 

@@ -3,7 +3,7 @@
 //! chaos simulator covers timing, faults and randomness; these pin down ordering and contents.
 
 use super::*;
-use crate::config::RawConfig;
+use crate::config::{RawConfig, RawLevel};
 use crate::crypto::VoteKey;
 use crate::health::WriteOutcome;
 use crate::testutil::{key, raw};
@@ -36,6 +36,11 @@ struct Cluster {
     bmc_failing: Vec<bool>,
     queue: VecDeque<(MemberId, MemberId, Bytes)>,
     next_second: Instant,
+    /// Directed links that drop everything.
+    blocked: std::collections::HashSet<(usize, usize)>,
+    /// Members whose incoming messages are held back until released.
+    held: Vec<bool>,
+    held_queue: VecDeque<(MemberId, MemberId, Bytes)>,
 }
 
 impl Cluster {
@@ -58,6 +63,9 @@ impl Cluster {
             bmc_failing: vec![false; n],
             queue: VecDeque::new(),
             next_second: now,
+            blocked: Default::default(),
+            held: vec![false; n],
+            held_queue: VecDeque::new(),
         };
         for i in 0..n {
             c.start(i);
@@ -149,7 +157,14 @@ impl Cluster {
             let Some((from, to, bytes)) = self.queue.pop_front() else {
                 return;
             };
-            if self.cut[from.index()] || self.cut[to.index()] {
+            if self.cut[from.index()]
+                || self.cut[to.index()]
+                || self.blocked.contains(&(from.index(), to.index()))
+            {
+                continue;
+            }
+            if self.held[to.index()] {
+                self.held_queue.push_back((from, to, bytes));
                 continue;
             }
             self.handle(to.index(), Input::Datagram { from, bytes });
@@ -221,6 +236,14 @@ impl Cluster {
             }
             self.deliver();
         }
+    }
+
+    /// Lets messages held for `i` through.
+    fn release_held(&mut self, i: usize) {
+        self.held[i] = false;
+        let held = std::mem::take(&mut self.held_queue);
+        self.queue.extend(held);
+        self.deliver();
     }
 
     /// Stops `i` dead: no messages, no heartbeat, no daemon.
@@ -852,5 +875,212 @@ fn failed_attempts_back_off_and_end_in_failed() {
         c.all_events().any(
             |(_, e)| matches!(e, Event::FenceConfirmed { target, .. } if *target == MemberId(4))
         )
+    );
+}
+
+#[test]
+fn a_renewed_generation_is_persisted_before_it_is_used() {
+    use bytes::BufMut;
+    use foca::{Codec, Header, Member, Message as SwimMessage};
+    use peerfence_proto::{Ident, swim::SwimCodec};
+    let cfg = Arc::new(raw(3).validate().unwrap());
+    let mut n = Node::new(
+        cfg.clone(),
+        MemberId(0),
+        key(0),
+        boot(0),
+        None,
+        1,
+        Instant::ZERO,
+    )
+    .unwrap();
+    while n.poll_output().is_some() {}
+    assert_eq!(n.generation(), 1);
+    // Member 1 tells us the cluster declared our generation 1 down.
+    let mut packet = Vec::new();
+    let header = Header {
+        src: Ident {
+            member: MemberId(1),
+            generation: 1,
+        },
+        src_incarnation: 0,
+        dst: Ident {
+            member: MemberId(0),
+            generation: 1,
+        },
+        message: SwimMessage::Gossip,
+    };
+    SwimCodec.encode_header(&header, &mut packet).unwrap();
+    packet.put_u16(1);
+    SwimCodec
+        .encode_member(
+            &Member::down(Ident {
+                member: MemberId(0),
+                generation: 1,
+            }),
+            &mut packet,
+        )
+        .unwrap();
+    let bytes = Bytes::from(
+        peerfence_proto::encode(&Envelope {
+            cluster: cfg.cluster.clone(),
+            digest: cfg.digest(),
+            sender: MemberId(1),
+            message: Message::Swim(packet),
+        })
+        .unwrap(),
+    );
+    n.handle(
+        Instant::from_micros(1000),
+        Input::Datagram {
+            from: MemberId(1),
+            bytes,
+        },
+    );
+    assert_eq!(n.generation(), 2, "foca renewed the identity");
+    let outs: Vec<Output> = std::iter::from_fn(|| n.poll_output()).collect();
+    let persist = outs
+        .iter()
+        .position(|o| matches!(o, Output::Persist(s) if s.generation == 2))
+        .expect("the new generation is persisted");
+    let first_send = outs.iter().position(|o| matches!(o, Output::Send { .. }));
+    assert!(
+        first_send.is_none_or(|i| i > persist),
+        "nothing leaves before the Persist: {outs:?}"
+    );
+}
+
+#[test]
+fn vouches_are_relayed_around_a_cut_link() {
+    // Four hosts, one dead: the three others are a bare quorum. Storage is lost everywhere and
+    // the link between 0 and 1 is cut; 2 still talks to both. Nobody may stop feeding.
+    let mut c = settled(4, |r| r.watchdog.enabled = Some(true));
+    c.kill_host(3);
+    c.run_for(Duration::from_secs(2));
+    c.writing.iter_mut().for_each(|w| *w = false);
+    c.blocked.insert((0, 1));
+    c.blocked.insert((1, 0));
+    c.run_for(Duration::from_secs(40));
+    for i in 0..3 {
+        let s = c.nodes[i].as_ref().unwrap().status();
+        assert!(
+            s.watchdog_feeding,
+            "h{i} stopped feeding although a quorum vouches through h2"
+        );
+        assert!(
+            !c.events(i)
+                .any(|e| matches!(e, Event::WatchdogStopped { .. })),
+            "h{i}"
+        );
+    }
+    // Cut 2 off as well: now 0 and 1 are alone and must stop.
+    c.cut[2] = true;
+    c.run_for(Duration::from_secs(15));
+    assert!(!c.nodes[0].as_ref().unwrap().status().watchdog_feeding);
+    assert!(!c.nodes[1].as_ref().unwrap().status().watchdog_feeding);
+}
+
+#[test]
+fn a_flag_set_while_a_member_was_cut_off_reaches_it_later() {
+    let mut c = settled(5, |_| {});
+    c.cut[4] = true;
+    c.handle(0, Input::Operator(OperatorCommand::Disarm));
+    c.handle(
+        1,
+        Input::Operator(OperatorCommand::Maintenance {
+            member: MemberId(2),
+            on: true,
+        }),
+    );
+    c.run_for(Duration::from_secs(20)); // long past the gossip's transmissions
+    assert!(c.nodes[4].as_ref().unwrap().status().armed);
+    c.cut[4] = false;
+    c.run_for(Duration::from_secs(15));
+    let n4 = c.nodes[4].as_ref().unwrap();
+    assert!(
+        !n4.status().armed,
+        "the disarm reached the member that was cut off"
+    );
+    assert!(
+        n4.durable().in_maintenance(MemberId(2)),
+        "so did the maintenance flag"
+    );
+}
+
+#[test]
+fn a_pill_is_cleared_after_its_interrupted_attempt() {
+    let mut c = settled(5, |r| {
+        r.watchdog.enabled = Some(true);
+        r.fencing.levels = Some(vec![RawLevel::poison_pill("pill")]);
+    });
+    c.kill_host(4);
+    c.run_for(Duration::from_secs(10));
+    let executor = (0..4)
+        .find(|&i| {
+            c.log[i]
+                .iter()
+                .any(|o| matches!(o, Output::WritePill { .. }))
+        })
+        .expect("a pill was written");
+    // The executor dies right after writing the pill and comes back from its disk.
+    c.crash(executor);
+    c.start(executor);
+    c.log[executor].clear();
+    c.run_for(c.cfg.attempt_max() + Duration::from_secs(2));
+    assert!(
+        c.log[executor]
+            .iter()
+            .any(|o| matches!(o, Output::ClearPill { target } if *target == MemberId(4))),
+        "the restarted executor clears the pill of the attempt it could not finish"
+    );
+}
+
+#[test]
+fn a_self_fence_is_called_off_when_storage_returns_during_the_round() {
+    let mut c = settled(5, |_| {});
+    c.writing[1] = false;
+    // Hold everything sent to host 1 once it knows its storage failed, so that the votes on its
+    // request wait; the network is otherwise instant and the round would end in one step.
+    for _ in 0..300 {
+        c.run_for(STEP);
+        if c.events(1).any(|e| {
+            matches!(
+                e,
+                Event::VerdictChanged {
+                    verdict: Verdict::Unhealthy
+                }
+            )
+        }) {
+            c.held[1] = true;
+        }
+        if c.events(1).any(|e| matches!(e, Event::Proposed { .. })) {
+            break;
+        }
+    }
+    assert!(
+        c.events(1).any(|e| matches!(e, Event::Proposed { .. })),
+        "host 1 asked"
+    );
+    assert!(!c.log[1].iter().any(|o| matches!(o, Output::SelfFence(_))));
+    // Its storage is back before the votes arrive.
+    c.writing[1] = true;
+    c.handle(
+        1,
+        Input::StorageWrite {
+            path: 0,
+            outcome: WriteOutcome::Ok {
+                latency: Duration::from_millis(5),
+            },
+        },
+    );
+    c.release_held(1);
+    c.run_for(Duration::from_secs(1));
+    assert!(
+        !c.log[1].iter().any(|o| matches!(o, Output::SelfFence(_))),
+        "storage came back: no reboot"
+    );
+    assert!(
+        c.events(1)
+            .any(|e| matches!(e, Event::RoundAbandoned { .. }))
     );
 }

@@ -10,8 +10,9 @@
 //! The one accepted exception is DESIGN.md's known trade-off (as in SBD): a host that was in a
 //! minority partition while storage was lost everywhere stops feeding, and may be reset even if
 //! the partition heals before its watchdog fires. "In a quorate partition" means what a member
-//! can know without relays: a direct exchange, both ways, with q − 1 running peers. So a reset is
-//! judged only when the host had that during its whole last watchdog window.
+//! can know: an exchange of contact probes, both ways, directly or through one relay, with
+//! q − 1 running peers. So a reset is judged only when the host had that during its whole last
+//! watchdog window.
 
 use super::{Ctx, Found};
 
@@ -53,15 +54,16 @@ impl Check {
         if ctx.minority_at[host].is_some_and(|t| t + window >= ctx.now) {
             return Vec::new();
         }
-        // Vouches need a direct exchange both ways with q - 1 running daemons: that, not mere
-        // transitive reachability, is what "in a quorate partition" can mean to a member.
+        // Vouches need an exchange both ways with q - 1 running daemons, directly or through one
+        // relay: that, not arbitrary transitive reachability, is what "in a quorate partition"
+        // means to a member.
         let up: Vec<bool> = ctx.hosts.iter().map(|h| h.node.is_some()).collect();
-        let peers = ctx.net.direct_peers(host, &up);
+        let peers = ctx.net.contact_peers(host, &up);
         if 1 + peers >= ctx.cfg.quorum() {
             vec![(
                 "I3",
                 format!(
-                    "watchdog reset h{host} while storage was lost everywhere and it talked both ways with {peers} running peers (quorum {})",
+                    "watchdog reset h{host} while storage was lost everywhere and it could exchange contact probes with {peers} running peers (quorum {})",
                     ctx.cfg.quorum()
                 ),
             )]
