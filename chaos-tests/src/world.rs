@@ -1310,8 +1310,11 @@ impl World {
                             self.params.write_latency_us.0..=self.params.write_latency_us.1,
                         ),
                     };
+                    // The data becomes visible to readers somewhere between the start of the
+                    // write and its completion (before fsync returns, on NFS).
+                    let visible = lat * self.rng.random_range(30..=100) / 100;
                     self.after(
-                        lat,
+                        visible,
                         Ev::HbLand {
                             host: h,
                             path,
