@@ -794,6 +794,8 @@ impl World {
             Ok(n) => n,
             Err(e) => panic!("node h{h} failed to start: {e}"),
         };
+        self.mark_minorities();
+        let hs = &mut self.hosts[h];
         hs.node = Some(Box::new(node));
         hs.next_wake = None;
         let epoch = hs.epoch;
@@ -813,6 +815,7 @@ impl World {
             return;
         }
         self.hosts[h].node = None;
+        self.mark_minorities();
         self.hosts[h].epoch += 1;
         self.hosts[h].next_wake = None;
         self.hosts[h].daemon_wanted = false;
@@ -845,6 +848,7 @@ impl World {
         } else {
             hs.os = Os::Booting;
         }
+        self.mark_minorities();
         let why = why.to_string();
         self.trace(Some(h), || {
             format!(
@@ -1454,7 +1458,9 @@ impl World {
                 hs.epoch += 1;
                 hs.next_wake = None;
                 hs.vms_running = false;
-                if hs.wd_armed {
+                let armed = hs.wd_armed;
+                self.mark_minorities();
+                if armed {
                     let timeout = self.cfg.watchdog.timeout.as_micros() as u64;
                     let at = self.hosts[h].wd_last_feed + timeout;
                     self.schedule(at, Ev::WatchdogCheck(h));
@@ -1512,10 +1518,11 @@ impl World {
 
 impl World {
     /// Notes every host that cannot exchange contact probes (directly or through one relay)
-    /// with a quorum (itself included) right now: in a minority partition, or cut off by
-    /// asymmetric faults.
+    /// with a quorum of running daemons (itself included) right now: in a minority partition,
+    /// cut off by asymmetric faults, or short of peers whose daemons run. Called before and
+    /// after every change of links or of running daemons.
     fn mark_minorities(&mut self) {
-        let up = vec![true; self.hosts.len()];
+        let up: Vec<bool> = self.hosts.iter().map(|h| h.node.is_some()).collect();
         let q = self.cfg.quorum();
         for h in 0..self.hosts.len() {
             if 1 + self.net.contact_peers(h, &up) < q {
