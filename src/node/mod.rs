@@ -104,7 +104,7 @@ pub struct PeerStatus {
     pub swim: SwimState,
     /// HA state.
     pub ha: HaState,
-    /// Storage heartbeat: `Some(ms)` stalled for, `None` alive or unknown.
+    /// Storage heartbeat: `Some(true)` alive, `Some(false)` stalled, `None` not known.
     pub storage_alive: Option<bool>,
     /// Milliseconds since its heartbeat last changed (or since observation began).
     pub heartbeat_age_ms: u64,
