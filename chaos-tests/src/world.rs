@@ -1282,14 +1282,24 @@ impl World {
 
     // ----- storage --------------------------------------------------------------------------
 
-    fn hb_write(&mut self, h: usize, epoch: u64) {
+    /// The daemon shell's periodic storage tasks run every heartbeat interval of the host's own
+    /// clock, for as long as the daemon instance that started them runs. Returns false when it
+    /// no longer does (the task then stops).
+    fn reschedule(&mut self, h: usize, epoch: u64, next_ev: Ev) -> bool {
         if self.hosts[h].epoch != epoch || self.hosts[h].node.is_none() {
-            return;
+            return false;
         }
         let interval = self.cfg.storage.heartbeat_interval;
         let local_next = self.hosts[h].local(self.now) + interval;
         let next = self.hosts[h].true_at(local_next);
-        self.schedule(next, Ev::HbWrite(h, epoch));
+        self.schedule(next, next_ev);
+        true
+    }
+
+    fn hb_write(&mut self, h: usize, epoch: u64) {
+        if !self.reschedule(h, epoch, Ev::HbWrite(h, epoch)) {
+            return;
+        }
         let timeout = self.cfg.storage.write_timeout.as_micros() as u64;
         let generation = self.hosts[h]
             .node
@@ -1376,13 +1386,9 @@ impl World {
     }
 
     fn hb_read(&mut self, h: usize, epoch: u64) {
-        if self.hosts[h].epoch != epoch || self.hosts[h].node.is_none() {
+        if !self.reschedule(h, epoch, Ev::HbRead(h, epoch)) {
             return;
         }
-        let interval = self.cfg.storage.heartbeat_interval;
-        let local_next = self.hosts[h].local(self.now) + interval;
-        let next = self.hosts[h].true_at(local_next);
-        self.schedule(next, Ev::HbRead(h, epoch));
         for path in 0..self.storage.hb.len() {
             if matches!(
                 self.hosts[h].storage[path],
