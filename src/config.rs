@@ -63,10 +63,15 @@ impl fmt::Display for ConfigErrors {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMember {
-    /// Host name: 1 to 64 bytes of letters, digits, '.', '_' or '-'. Unique in the cluster.
+    /// Host name, also the DNS name in its TLS certificate: 1 to 63 bytes of letters, digits,
+    /// '-' and '.', not starting or ending with '-' or '.'. Unique in the cluster.
     pub name: String,
     /// The member's ed25519 vote-verification key, 64 hex digits.
     pub vote_key: String,
+    /// Its peerfence (QUIC, UDP) address, `host:port` or `ip:port`. Required by the daemon; the
+    /// core does not use it.
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 /// `[cluster]`.
@@ -668,12 +673,16 @@ pub fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
 
-fn valid_member_name(name: &str) -> bool {
+/// Whether `name` is usable as a member name: a DNS name, because it is the subject of the
+/// member's TLS certificate.
+pub fn valid_member_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= 63
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
 }
 
 fn parse_key(hex_key: &str) -> Option<PublicKey> {
@@ -732,7 +741,7 @@ impl RawConfig {
                 c.err(
                     &format!("{field}.name"),
                     quoted(&m.name),
-                    "must be 1 to 64 bytes of letters, digits, '.', '_' or '-'",
+                    "must be a DNS name (it names the member's TLS certificate): 1 to 63 bytes of letters, digits, '-' and '.', not starting or ending with '-' or '.'",
                 );
                 continue;
             }
@@ -874,7 +883,7 @@ impl RawConfig {
                 c.err(
                     &format!("{field}.name"),
                     quoted(&l.name),
-                    "must be a unique name of letters, digits, '.', '_' or '-'",
+                    "must be a unique name of letters, digits, '-' and '.'",
                 );
             }
             let kind = match l.kind.as_str() {
@@ -1215,6 +1224,7 @@ pub fn raw_for_members(cluster: &str, members: &[(String, PublicKey)]) -> RawCon
                 .map(|(name, key)| RawMember {
                     name: name.clone(),
                     vote_key: key.0.iter().map(|b| format!("{b:02x}")).collect(),
+                    address: None,
                 })
                 .collect(),
         },

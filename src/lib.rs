@@ -9,6 +9,8 @@
 
 pub mod config;
 pub mod crypto;
+#[cfg(feature = "daemon")]
+pub mod daemon;
 pub mod durable;
 pub mod health;
 pub mod heartbeat;

@@ -1,12 +1,12 @@
-//! The `peerfence` command. Today it validates configuration; the daemon (`peerfence run`) is
-//! built on the same core in a later step and will live here too.
-//!
-//! This binary is the only part of the root package that touches files; the library (the core)
-//! never does, which `clippy.toml` enforces.
+//! The `peerfence` command: the daemon (`run`), certificate and key management (`certs`), and
+//! configuration checks (`check-config`). `main` stays thin: parse, dispatch, map errors to exit
+//! codes with messages that say what to do.
 
 use clap::{Parser, Subcommand};
-use peerfence::config::RawConfig;
-use std::path::PathBuf;
+use peerfence::daemon::config::RawDaemonConfig;
+use peerfence::daemon::{certs, store};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -22,60 +22,179 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the peer daemon.
+    Run {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Validate a configuration file: prints every problem (field, value, rule) and exits 2 on
     /// error, 0 when valid.
     CheckConfig {
         /// The TOML file.
         path: PathBuf,
     },
+    /// Manage the cluster CA, member certificates and vote keys.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Crash-safety exercise for the state file: saves states with growing counters and prints
+    /// "acked N" after each save returns. Used by the tests, which kill it at random instants.
+    #[command(hide = true)]
+    DurableStress {
+        /// Data directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create the cluster CA (ca.crt, ca.key 0600) in DIR.
+    Init {
+        /// Directory for the CA and the certificates it issues.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Cluster name (as in the configuration's cluster.name).
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Issue a member's certificate (ID.crt), TLS key (ID.key, 0600) and vote key
+    /// (ID.vote.key, 0600), and print the public vote key for cluster.members.
+    Issue {
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Member name (a DNS name, as in cluster.members[].name).
+        #[arg(long)]
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Run { config } => run(&config),
         Command::CheckConfig { path } => check_config(&path),
+        Command::Certs { command } => certs_command(command),
+        Command::DurableStress { dir } => durable_stress(&dir),
     }
 }
 
 #[allow(clippy::disallowed_methods)] // reading the file the operator named is this command's job
-fn read(path: &std::path::Path) -> Result<String, String> {
+fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
-    let text = match read(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let config = RawConfig::from_toml(&text).and_then(|raw| raw.validate());
-    match config {
-        Ok(c) => {
-            println!(
-                "{}: valid — cluster {} with {} members (quorum {}), mode {:?}, digest {:016x}",
-                path.display(),
-                c.cluster,
-                c.n(),
-                c.quorum(),
-                c.mode,
-                c.digest().0
-            );
-            println!(
-                "  derived: storage failure detected within {}, promise lifetime {}, poison-pill confirmation wait {}",
-                peerfence::config::fmt_duration(c.storage_failed_detect()),
-                peerfence::config::fmt_duration(c.promise_ttl()),
-                if c.has_poison_pill() {
-                    peerfence::config::fmt_duration(c.pill_confirm_wait())
-                } else {
-                    "n/a (no poison-pill level)".into()
-                }
-            );
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
+fn load(path: &Path) -> Result<peerfence::daemon::config::DaemonConfig, ExitCode> {
+    let text = read(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    RawDaemonConfig::from_toml(&text)
+        .and_then(|raw| raw.validate())
+        .map_err(|errors| {
             eprintln!("{}: {errors}", path.display());
             ExitCode::from(2)
+        })
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(cfg) => {
+            println!("{}: valid", path.display());
+            for line in cfg.summary() {
+                println!("  {line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(peerfence::daemon::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn certs_command(command: CertsCommand) -> ExitCode {
+    let result = match command {
+        CertsCommand::Init { dir, cluster } => certs::init_ca(&dir, &cluster).map(|files| {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+        }),
+        CertsCommand::Issue { dir, id } => certs::issue(&dir, &id).map(|issued| {
+            for f in issued.files {
+                println!("wrote {}", f.display());
+            }
+            println!("vote_key = \"{}\"", issued.vote_public);
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn durable_stress(dir: &Path) -> ExitCode {
+    let file = match store::StateFile::open(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut state = match file.load() {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    loop {
+        state.round_counter = state.round_counter.wrapping_add(1);
+        if let Err(e) = file.save(&state) {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+        if writeln!(out, "acked {}", state.round_counter)
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            return ExitCode::SUCCESS;
         }
     }
 }

@@ -1,0 +1,389 @@
+//! Storage heartbeat IO: per shared path, a writer and a reader.
+//!
+//! Each runs as a supervisor thread that never touches storage itself: it hands every write (or
+//! read cycle) to a worker thread and waits for it at most `storage.write_timeout`. A worker that
+//! does not answer in time is abandoned, not joined — a hard-mounted NFS server that stopped
+//! answering can hold it forever — and the supervisor reports a timed-out write and carries on
+//! with a new worker next interval. At most [`MAX_ABANDONED`] abandoned workers may exist per
+//! supervisor; beyond that it reports failures without starting more threads.
+//!
+//! Files: `PATH/NAME.hb` holds member NAME's heartbeat record, `PATH/NAME.pill` a poison pill
+//! addressed to it. Reads open files non-blocking, so a FIFO or device in a slot cannot hang a
+//! reader.
+
+use super::Msg;
+use crate::config::Config;
+use crate::health::WriteOutcome;
+use crate::node::Input;
+use peerfence_proto::{
+    BootId, HeartbeatRecord, MemberId, QuorumCertificate, StorageBody, StorageRecord,
+};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::Sender;
+
+/// Abandoned (hung) workers allowed per supervisor.
+pub const MAX_ABANDONED: usize = 4;
+
+/// Largest slot file read (a certificate of 128 votes is ~13 KiB).
+const MAX_SLOT_BYTES: u64 = 64 * 1024;
+
+/// What one read cycle of a path found.
+struct ReadCycle {
+    records: Vec<(MemberId, Option<HeartbeatRecord>)>,
+    pill: Option<QuorumCertificate>,
+    ignored: usize,
+}
+
+/// Runs `job` on a worker thread and waits at most `timeout`. `Err(())` when it timed out (the
+/// worker is abandoned) or when too many workers are already abandoned.
+fn with_timeout<T: Send + 'static>(
+    abandoned: &Arc<AtomicUsize>,
+    timeout: Duration,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ()> {
+    if abandoned.load(Ordering::SeqCst) >= MAX_ABANDONED {
+        return Err(());
+    }
+    let (tx, rx) = mpsc::sync_channel(1);
+    let counter = abandoned.clone();
+    let spawned = std::thread::Builder::new()
+        .name("pf-storage-io".into())
+        .spawn(move || {
+            let out = job();
+            if tx.send(out).is_err() {
+                // The supervisor gave up on us: we were counted as abandoned; not any more.
+                counter.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
+    if spawned.is_err() {
+        return Err(());
+    }
+    match rx.recv_timeout(timeout) {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            abandoned.fetch_add(1, Ordering::SeqCst);
+            // If the worker finished between the timeout and the increment, undo it.
+            if let Ok(_late) = rx.try_recv() {
+                abandoned.fetch_sub(1, Ordering::SeqCst);
+            }
+            Err(())
+        }
+    }
+}
+
+fn slot(dir: &Path, name: &str, ext: &str) -> PathBuf {
+    dir.join(format!("{name}.{ext}"))
+}
+
+fn write_record(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)?;
+    f.write_all_at(bytes, 0)?;
+    f.set_len(bytes.len() as u64)?;
+    f.sync_data()
+}
+
+fn read_slot(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut buf = Vec::new();
+    f.take(MAX_SLOT_BYTES + 1).read_to_end(&mut buf)?;
+    Ok(Some(buf))
+}
+
+fn decode_slot(cfg: &Config, bytes: &[u8]) -> Option<StorageBody> {
+    let rec = peerfence_proto::decode_storage(bytes).ok()?;
+    (rec.cluster == cfg.cluster && rec.digest == cfg.digest()).then_some(rec.body)
+}
+
+/// Starts the writer and reader of every shared path.
+pub fn spawn(
+    cfg: Arc<Config>,
+    me: MemberId,
+    boot: BootId,
+    generation: Arc<AtomicU32>,
+    tx: Sender<Msg>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    for (i, dir) in cfg.storage.paths.iter().enumerate() {
+        let dir = PathBuf::from(dir);
+        {
+            let (cfg, dir, tx, stop, generation) = (
+                cfg.clone(),
+                dir.clone(),
+                tx.clone(),
+                stop.clone(),
+                generation.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("pf-hb-write-{i}"))
+                .spawn(move || writer(cfg, i, dir, me, boot, generation, tx, stop))?;
+        }
+        {
+            let (cfg, tx, stop) = (cfg.clone(), tx.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("pf-hb-read-{i}"))
+                .spawn(move || reader(cfg, i, dir, me, tx, stop))?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn writer(
+    cfg: Arc<Config>,
+    path: usize,
+    dir: PathBuf,
+    me: MemberId,
+    boot: BootId,
+    generation: Arc<AtomicU32>,
+    tx: Sender<Msg>,
+    stop: Arc<AtomicBool>,
+) {
+    let interval = cfg.storage.heartbeat_interval;
+    let timeout = cfg.storage.write_timeout;
+    let file = slot(&dir, cfg.roster.name(me), "hb");
+    let abandoned = Arc::new(AtomicUsize::new(0));
+    let mut counter: u64 = 0;
+    let mut next = Instant::now();
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        counter += 1;
+        let record = StorageRecord {
+            cluster: cfg.cluster.clone(),
+            digest: cfg.digest(),
+            body: StorageBody::Heartbeat(HeartbeatRecord {
+                member: me,
+                boot,
+                generation: generation.load(Ordering::SeqCst),
+                counter,
+            }),
+        };
+        let bytes = peerfence_proto::encode_storage(&record).unwrap_or_default();
+        let target = file.clone();
+        let started = Instant::now();
+        let outcome = match with_timeout(&abandoned, timeout, move || write_record(&target, &bytes))
+        {
+            Ok(Ok(())) => WriteOutcome::Ok {
+                latency: started.elapsed(),
+            },
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(path = %file.display(), error = %e, "heartbeat write failed");
+                }
+                WriteOutcome::Failed
+            }
+            Err(()) => {
+                if !failing {
+                    tracing::warn!(path = %file.display(), timeout = ?timeout, "heartbeat write did not complete in time; abandoning it");
+                }
+                WriteOutcome::TimedOut
+            }
+        };
+        let ok = matches!(outcome, WriteOutcome::Ok { .. });
+        if ok && failing {
+            tracing::info!(path = %file.display(), "heartbeat writes work again");
+        }
+        failing = !ok;
+        if tx
+            .blocking_send(Msg::Input(Input::StorageWrite { path, outcome }))
+            .is_err()
+        {
+            return;
+        }
+        next += interval;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}
+
+fn reader(
+    cfg: Arc<Config>,
+    path: usize,
+    dir: PathBuf,
+    me: MemberId,
+    tx: Sender<Msg>,
+    stop: Arc<AtomicBool>,
+) {
+    let interval = cfg.storage.heartbeat_interval;
+    let timeout = cfg.storage.write_timeout;
+    let abandoned = Arc::new(AtomicUsize::new(0));
+    let mut next = Instant::now();
+    let mut warned = false;
+    while !stop.load(Ordering::Relaxed) {
+        let (c, d) = (cfg.clone(), dir.clone());
+        let cycle = with_timeout(&abandoned, timeout, move || read_cycle(&c, &d, me));
+        match cycle {
+            Ok(Ok(cycle)) => {
+                warned = false;
+                if cycle.ignored > 0 {
+                    tracing::debug!(path = %dir.display(), ignored = cycle.ignored, "slot files that are not this cluster's heartbeats were ignored");
+                }
+                for (member, record) in cycle.records {
+                    let input = Input::HeartbeatRead {
+                        path,
+                        member,
+                        record,
+                    };
+                    if tx.blocking_send(Msg::Input(input)).is_err() {
+                        return;
+                    }
+                }
+                if let Some(pill) = cycle.pill {
+                    let input = Input::PoisonPillRead {
+                        path,
+                        pill: Some(pill),
+                    };
+                    if tx.blocking_send(Msg::Input(input)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                if !warned {
+                    tracing::warn!(path = %dir.display(), error = %e, "cannot read heartbeats");
+                    warned = true;
+                }
+            }
+            Err(()) => {
+                if !warned {
+                    tracing::warn!(path = %dir.display(), "heartbeat reads hang; abandoning them");
+                    warned = true;
+                }
+            }
+        }
+        next += interval;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}
+
+/// Reads every member's slot and our own pill slot. A slot that cannot be read or decoded is
+/// left out (no evidence either way); a missing slot is reported empty (evidence: never written).
+fn read_cycle(cfg: &Config, dir: &Path, me: MemberId) -> std::io::Result<ReadCycle> {
+    // Fail the whole cycle if the directory itself is unreachable.
+    std::fs::metadata(dir)?;
+    let mut out = ReadCycle {
+        records: Vec::new(),
+        pill: None,
+        ignored: 0,
+    };
+    for m in cfg.roster.ids() {
+        if m == me {
+            continue;
+        }
+        match read_slot(&slot(dir, cfg.roster.name(m), "hb")) {
+            Ok(None) => out.records.push((m, None)),
+            Ok(Some(bytes)) => match decode_slot(cfg, &bytes) {
+                Some(StorageBody::Heartbeat(r)) if r.member == m => out.records.push((m, Some(r))),
+                _ => out.ignored += 1,
+            },
+            Err(_) => out.ignored += 1,
+        }
+    }
+    if let Ok(Some(bytes)) = read_slot(&slot(dir, cfg.roster.name(me), "pill")) {
+        match decode_slot(cfg, &bytes) {
+            Some(StorageBody::PoisonPill(qc)) => out.pill = Some(qc),
+            _ => out.ignored += 1,
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hung_job_is_abandoned_and_bounded() {
+        let abandoned = Arc::new(AtomicUsize::new(0));
+        let ok = with_timeout(&abandoned, Duration::from_secs(5), || 42);
+        assert_eq!(ok, Ok(42));
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+        for i in 0..MAX_ABANDONED {
+            let r = release_rx.clone();
+            let got = with_timeout(&abandoned, Duration::from_millis(20), move || {
+                let _ = r.lock().map(|rx| rx.recv());
+            });
+            assert_eq!(got, Err(()), "job {i} hangs");
+        }
+        assert_eq!(abandoned.load(Ordering::SeqCst), MAX_ABANDONED);
+        // At the bound, no new thread is started at all.
+        assert_eq!(
+            with_timeout(&abandoned, Duration::from_secs(5), || 1),
+            Err(())
+        );
+        // When hung jobs finally return, they stop counting.
+        for _ in 0..MAX_ABANDONED {
+            release_tx.send(()).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while abandoned.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(abandoned.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn records_roundtrip_and_foreign_files_are_ignored() {
+        let cfg = crate::testutil::config(3);
+        let dir = std::env::temp_dir().join(format!("pf-slots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rec = StorageRecord {
+            cluster: cfg.cluster.clone(),
+            digest: cfg.digest(),
+            body: StorageBody::Heartbeat(HeartbeatRecord {
+                member: MemberId(1),
+                boot: BootId([1; 16]),
+                generation: 2,
+                counter: 3,
+            }),
+        };
+        write_record(
+            &slot(&dir, "h1", "hb"),
+            &peerfence_proto::encode_storage(&rec).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(slot(&dir, "h2", "hb"), b"not a heartbeat").unwrap();
+        let cycle = read_cycle(&cfg, &dir, MemberId(0)).unwrap();
+        assert_eq!(cycle.records.len(), 1);
+        assert_eq!(cycle.records[0].0, MemberId(1));
+        assert_eq!(cycle.ignored, 1);
+        // A FIFO in a slot does not hang the reader.
+        std::fs::remove_file(slot(&dir, "h2", "hb")).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(slot(&dir, "h2", "hb"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let cycle = read_cycle(&cfg, &dir, MemberId(0)).unwrap();
+        assert_eq!(cycle.records.len(), 1);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

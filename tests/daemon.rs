@@ -1,0 +1,681 @@
+//! The daemon as real processes on loopback: joining, failure detection, rejoining, refusing
+//! strangers, dropping forged senders, a hanging storage write, and crash-safe durable state.
+//!
+//! Every wait is bounded polling of the status endpoint with a generous deadline; where the
+//! issue states a bound (join within 3 s, Down within the detection bound) the measured time is
+//! checked against it. Tests run one at a time (they start several daemons each).
+
+// Tests write files and wait on processes; the sans-IO rule of clippy.toml is about the library.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_peerfence")
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<serde_json::Value> {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| serde_json::from_str(body).ok())?
+}
+
+struct Member {
+    name: String,
+    quic: u16,
+    http: u16,
+    config: PathBuf,
+    child: Option<Child>,
+    started: Option<Instant>,
+}
+
+struct Cluster {
+    dir: PathBuf,
+    members: Vec<Member>,
+}
+
+impl Cluster {
+    /// Writes certificates and configurations for `n` members (none started).
+    fn new(tag: &str, n: usize, tweak: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pf-daemon-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("shared")).unwrap();
+        let certs = dir.join("certs");
+        let ok = Command::new(bin())
+            .args(["certs", "init", "--dir"])
+            .arg(&certs)
+            .args(["--cluster", "test"])
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let mut keys = Vec::new();
+        let mut members = Vec::new();
+        for i in 0..n {
+            let name = format!("n{i}");
+            let out = Command::new(bin())
+                .args(["certs", "issue", "--dir"])
+                .arg(&certs)
+                .args(["--id", &name])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8(out.stdout).unwrap();
+            let key = text
+                .lines()
+                .find_map(|l| l.strip_prefix("vote_key = \""))
+                .and_then(|l| l.strip_suffix('"'))
+                .unwrap()
+                .to_owned();
+            keys.push(key);
+            members.push(Member {
+                config: dir.join(format!("{name}.toml")),
+                name,
+                quic: free_udp_port(),
+                http: free_tcp_port(),
+                child: None,
+                started: None,
+            });
+        }
+        let roster: Vec<String> = members
+            .iter()
+            .zip(&keys)
+            .map(|(m, k)| {
+                format!(
+                    "  {{ name = \"{}\", vote_key = \"{k}\", address = \"127.0.0.1:{}\" }},",
+                    m.name, m.quic
+                )
+            })
+            .collect();
+        for m in &members {
+            let d = dir.display();
+            let text = format!(
+                r#"[node]
+name = "{name}"
+data_dir = "{d}/data/{name}"
+boot_id = "per-start"
+vote_key = "{d}/certs/{name}.vote.key"
+
+[tls]
+ca = "{d}/certs/ca.crt"
+cert = "{d}/certs/{name}.crt"
+key = "{d}/certs/{name}.key"
+
+[cluster]
+name = "test"
+mode = "observe"
+members = [
+{roster}
+]
+
+[storage]
+paths = ["{d}/shared"]
+
+[self_fence]
+action = "log-only"
+
+[http]
+listen = "127.0.0.1:{http}"
+{tweak}
+"#,
+                name = m.name,
+                http = m.http,
+                roster = roster.join("\n"),
+            );
+            std::fs::write(&m.config, text).unwrap();
+        }
+        Self { dir, members }
+    }
+
+    fn start(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name))).unwrap();
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&m.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        m.child = Some(child);
+        m.started = Some(Instant::now());
+    }
+
+    /// SIGKILL, then reap.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn status(&self, i: usize) -> Option<serde_json::Value> {
+        http_get(self.members[i].http, "/v1/cluster")
+    }
+
+    /// The view member `i` has of member `j` (`peers[]` entry).
+    fn view(&self, i: usize, j: usize) -> Option<serde_json::Value> {
+        let s = self.status(i)?;
+        s["node"]["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == self.members[j].name.as_str())
+            .cloned()
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.members[i].name)))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("daemon logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+fn all_alive(c: &Cluster, running: &[usize]) -> bool {
+    running.iter().all(|&i| {
+        running
+            .iter()
+            .filter(|&&j| j != i)
+            .all(|&j| c.view(i, j).is_some_and(|v| v["swim"] == "Alive"))
+    })
+}
+
+#[test]
+fn five_daemons_join_detect_a_kill_and_see_it_rejoin_with_a_new_boot() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::new("five", 5, "");
+    for i in 0..5 {
+        c.start(i);
+    }
+    let last_start = c.members[4].started.unwrap();
+    let all: Vec<usize> = (0..5).collect();
+    let joined = wait_for(Duration::from_secs(30), || {
+        all_alive(&c, &all).then(Instant::now)
+    });
+    let joined = joined.unwrap_or_else(|| {
+        panic!(
+            "the cluster never formed; logs in {}\n{}",
+            c.dir.display(),
+            c.log(0)
+        )
+    });
+    let took = joined - last_start;
+    eprintln!("all 5 saw each other Alive {took:?} after the last start");
+    assert!(
+        took <= Duration::from_secs(3),
+        "joining took {took:?}, bound 3 s"
+    );
+
+    let boot_before = c.view(0, 2).unwrap()["boot"].clone();
+    c.kill(2);
+    let killed = Instant::now();
+    // Detection bound with the default timings: every member probes every other within n - 1
+    // probe periods, then suspect_to_down_after, plus one period for the news to spread.
+    let bound = Duration::from_secs(4 + 3 + 1);
+    let others = [0, 1, 3, 4];
+    let down = wait_for(Duration::from_secs(30), || {
+        others
+            .iter()
+            .all(|&i| c.view(i, 2).is_some_and(|v| v["swim"] == "Down"))
+            .then(Instant::now)
+    })
+    .expect("the killed member was never seen Down");
+    let took = down - killed;
+    eprintln!("all others saw the killed member Down after {took:?}");
+    assert!(took <= bound, "detection took {took:?}, bound {bound:?}");
+    // Its storage heartbeat stopped too.
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            c.view(0, 2)
+                .filter(|v| v["storage_alive"] == false)
+                .map(|_| ())
+        })
+        .is_some()
+    );
+
+    c.start(2);
+    let rejoined = wait_for(Duration::from_secs(30), || {
+        others
+            .iter()
+            .all(|&i| {
+                c.view(i, 2).is_some_and(|v| {
+                    v["swim"] == "Alive" && v["boot"] != boot_before && !v["boot"].is_null()
+                })
+            })
+            .then_some(())
+    });
+    assert!(
+        rejoined.is_some(),
+        "the restarted member did not rejoin with a new boot id"
+    );
+    let s = c.status(2).unwrap();
+    assert!(
+        s["node"]["generation"].as_u64().unwrap() >= 2,
+        "its SWIM generation grew across the restart"
+    );
+}
+
+/// A QUIC client of our own, for the tests that play a stranger or a lying member.
+mod client {
+    use super::*;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    pub fn runtime() -> tokio::runtime::Runtime {
+        // Multi-threaded, so that connections keep being driven between block_on calls.
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn endpoint(client: rustls::ClientConfig) -> quinn::Endpoint {
+        let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let q = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
+        e.set_default_client_config(quinn::ClientConfig::new(Arc::new(q)));
+        e
+    }
+
+    /// Completes a handshake from our side (the server may still refuse us right after).
+    pub async fn connect(
+        client: rustls::ClientConfig,
+        port: u16,
+        name: &str,
+    ) -> Result<quinn::Connection, String> {
+        let e = endpoint(client);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let connecting = e.connect(addr, name).map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// True if the server refuses us: the handshake fails, or the connection is closed on us.
+    pub async fn refused(client: rustls::ClientConfig, port: u16, name: &str) -> bool {
+        match connect(client, port, name).await {
+            Err(_) => true,
+            Ok(conn) => tokio::time::timeout(Duration::from_secs(10), conn.closed())
+                .await
+                .is_ok(),
+        }
+    }
+
+    pub fn tls_with_cert(dir: &Path, ca: &Path, name: &str) -> rustls::ClientConfig {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut std::fs::read(ca).unwrap().as_slice()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let chain: Vec<_> = rustls_pemfile::certs(
+            &mut std::fs::read(dir.join(format!("{name}.crt")))
+                .unwrap()
+                .as_slice(),
+        )
+        .map(|c| c.unwrap())
+        .collect();
+        let key = rustls_pemfile::private_key(
+            &mut std::fs::read(dir.join(format!("{name}.key")))
+                .unwrap()
+                .as_slice(),
+        )
+        .unwrap()
+        .unwrap();
+        let mut c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        c.alpn_protocols = vec![b"peerfence/1".to_vec()];
+        c
+    }
+
+    pub fn tls_without_cert(ca: &Path) -> rustls::ClientConfig {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut std::fs::read(ca).unwrap().as_slice()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"peerfence/1".to_vec()];
+        c
+    }
+
+    pub async fn send_stream(conn: &quinn::Connection, bytes: &[u8]) {
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        s.finish().unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.stopped()).await;
+    }
+
+    pub fn datagram(conn: &quinn::Connection, bytes: &[u8]) {
+        conn.send_datagram(Bytes::copy_from_slice(bytes)).unwrap();
+    }
+}
+
+fn counter(s: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut v = s;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64().unwrap_or(0)
+}
+
+#[test]
+fn strangers_garbage_and_forged_senders_change_nothing_but_counters() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Four members configured, three running: the test plays the fourth (n3), with its real
+    // certificate, to send a message claiming to come from n2.
+    let mut c = Cluster::new("strangers", 4, "");
+    for i in 0..3 {
+        c.start(i);
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || all_alive(&c, &[0, 1, 2])
+            .then_some(()))
+        .is_some()
+    );
+    let certs = c.dir.join("certs");
+    let port = c.members[0].quic;
+    let before = c.status(0).unwrap();
+    let rt = client::runtime();
+
+    // A certificate from another CA, with a member's name.
+    let foreign = c.dir.join("foreign");
+    let ok = Command::new(bin())
+        .args(["certs", "init", "--dir"])
+        .arg(&foreign)
+        .args(["--cluster", "test"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let ok = Command::new(bin())
+        .args(["certs", "issue", "--dir"])
+        .arg(&foreign)
+        .args(["--id", "n3"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let stranger = client::tls_with_cert(&foreign, &certs.join("ca.crt"), "n3");
+    assert!(
+        rt.block_on(client::refused(stranger, port, "n0")),
+        "a foreign-CA certificate is refused"
+    );
+    // No certificate at all.
+    let anonymous = client::tls_without_cert(&certs.join("ca.crt"));
+    assert!(
+        rt.block_on(client::refused(anonymous, port, "n0")),
+        "a client without a certificate is refused"
+    );
+    let refused = wait_for(Duration::from_secs(10), || {
+        let s = c.status(0)?;
+        (counter(&s, &["transport", "handshakes_refused"]) >= 2).then_some(s)
+    });
+    assert!(refused.is_some(), "both refusals are counted");
+
+    // Random bytes to the QUIC port: counted, nothing else.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut garbage = vec![0u8; 1200];
+    for round in 0..50u32 {
+        for (k, b) in garbage.iter_mut().enumerate() {
+            *b = (k as u32).wrapping_mul(2_654_435_761).wrapping_add(round) as u8;
+        }
+        udp.send_to(&garbage, ("127.0.0.1", port)).unwrap();
+    }
+    let after = wait_for(Duration::from_secs(10), || {
+        let s = c.status(0)?;
+        (counter(&s, &["transport", "udp_datagrams_in"])
+            >= counter(&before, &["transport", "udp_datagrams_in"]) + 50)
+            .then_some(s)
+    })
+    .expect("the garbage reached the port and was counted");
+    assert_eq!(
+        after["messages"]["dropped"], before["messages"]["dropped"],
+        "garbage never reaches the node"
+    );
+    for j in [1, 2] {
+        assert_eq!(
+            c.view(0, j).unwrap()["swim"],
+            "Alive",
+            "membership unchanged"
+        );
+    }
+
+    // A member (n3, genuine certificate) that claims to be n2, and one that sends garbage.
+    let genuine = client::tls_with_cert(&certs, &certs.join("ca.crt"), "n3");
+    let s0 = c.status(0).unwrap();
+    let envelope = |sender: u16, cluster: &str, digest: u64| {
+        peerfence_proto::encode(&peerfence_proto::Envelope {
+            cluster: peerfence_proto::ClusterId::new(cluster).unwrap(),
+            digest: peerfence_proto::ConfigDigest(digest),
+            sender: peerfence_proto::MemberId(sender),
+            message: peerfence_proto::Message::Contact(peerfence_proto::Contact {
+                origin: peerfence_proto::MemberId(sender),
+                target: peerfence_proto::MemberId(0),
+                boot: peerfence_proto::BootId([7; 16]),
+                nonce: 1,
+            }),
+        })
+        .unwrap()
+    };
+    let digest = u64::from_str_radix(s0["config_digest"].as_str().unwrap(), 16).unwrap();
+    let conn = rt.block_on(async {
+        let conn = client::connect(genuine, port, "n0")
+            .await
+            .expect("a member's certificate is accepted");
+        client::send_stream(&conn, &envelope(2, "test", digest)).await; // claims n2, is n3
+        client::datagram(&conn, &[0xde, 0xad, 0xbe, 0xef]);
+        client::datagram(&conn, &envelope(3, "test", digest ^ 1));
+        conn
+    });
+    let total = |d: &serde_json::Value| -> u64 {
+        d.as_object()
+            .map(|o| o.values().filter_map(|v| v.as_u64()).sum())
+            .unwrap_or(0)
+    };
+    let dropped = wait_for(Duration::from_secs(10), || {
+        let s = c.status(0)?;
+        let (now, then) = (&s["messages"]["dropped"], &s0["messages"]["dropped"]);
+        // The lie about the sender and the foreign digest by name; the garbage under whatever
+        // decode error it makes.
+        (counter(now, &["forged_sender"]) > counter(then, &["forged_sender"])
+            && counter(now, &["config_digest_mismatch"])
+                > counter(then, &["config_digest_mismatch"])
+            && total(now) >= total(then) + 3)
+            .then_some(s)
+    });
+    assert!(
+        dropped.is_some(),
+        "forged, garbled and foreign-configuration messages are dropped and counted: {:?}",
+        c.status(0).map(|s| s["messages"].clone())
+    );
+    conn.close(0u32.into(), b"done");
+    assert_eq!(c.view(0, 2).unwrap()["swim"], "Alive");
+}
+
+#[test]
+fn a_hanging_heartbeat_write_fails_that_host_only() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::new("fifo", 3, "");
+    for i in 0..3 {
+        c.start(i);
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || all_alive(&c, &[0, 1, 2])
+            .then_some(()))
+        .is_some()
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            (0..3)
+                .all(|i| {
+                    c.status(i)
+                        .is_some_and(|s| s["node"]["verdict"] == "Healthy")
+                })
+                .then_some(())
+        })
+        .is_some()
+    );
+    // n0's heartbeat file becomes a FIFO with no reader: opening it for writing hangs.
+    let slot = c.dir.join("shared").join("n0.hb");
+    let made = wait_for(Duration::from_secs(10), || {
+        let _ = std::fs::remove_file(&slot);
+        Command::new("mkfifo")
+            .arg(&slot)
+            .status()
+            .ok()?
+            .success()
+            .then_some(())
+    });
+    assert!(made.is_some(), "could not put a FIFO in place");
+    let broken = Instant::now();
+    // Failed after 3 consecutive timed-out writes: within 3 intervals + a write timeout, plus
+    // an interval of phase.
+    let bound = Duration::from_secs(3 + 2 + 1);
+    let failed = wait_for(Duration::from_secs(30), || {
+        let s = c.status(0)?;
+        (s["node"]["verdict"] == "Unhealthy" && s["node"]["storage"][0] == "Failed")
+            .then(Instant::now)
+    })
+    .expect("the host never noticed its hanging writes");
+    let took = failed - broken;
+    eprintln!("hanging writes reported Failed after {took:?}");
+    assert!(took <= bound, "took {took:?}, bound {bound:?}");
+    for i in [1, 2] {
+        let s = c.status(i).unwrap();
+        assert_eq!(s["node"]["verdict"], "Healthy", "n{i} is not affected");
+    }
+    for i in 0..3 {
+        for j in 0..3 {
+            if i != j {
+                assert_eq!(
+                    c.view(i, j).unwrap()["swim"],
+                    "Alive",
+                    "membership is not affected"
+                );
+            }
+        }
+    }
+    // The others no longer see its heartbeat move (a FIFO in its slot cannot be read, which is
+    // "unknown", never "dead"), and learn its verdict by gossip.
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            c.view(1, 0)
+                .filter(|v| v["storage_alive"] != true && v["verdict"] == "Unhealthy")
+                .map(|_| ())
+        })
+        .is_some()
+    );
+}
+
+#[test]
+fn kill_9_during_durable_writes_loses_nothing_acknowledged() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join(format!("pf-durable-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut last_acked = 0u32;
+    for round in 0..25u32 {
+        let mut child = Command::new(bin())
+            .args(["durable-stress", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // Kill after a pseudo-random number of acknowledged saves, mid-stream.
+        let acks_wanted = 1 + (round * 37 % 97);
+        for _ in 0..acks_wanted {
+            let line = lines.next().expect("the stress process runs").unwrap();
+            let n: u32 = line.strip_prefix("acked ").unwrap().parse().unwrap();
+            assert!(n > last_acked, "counters grow across restarts");
+            last_acked = n;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let file = peerfence::daemon::store::StateFile::open(&dir).unwrap();
+        let state = file
+            .load()
+            .expect("the state loads after kill -9")
+            .expect("there is a state");
+        assert!(
+            state.round_counter >= last_acked,
+            "round {round}: acknowledged {last_acked}, loaded {}",
+            state.round_counter
+        );
+        last_acked = state.round_counter;
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
