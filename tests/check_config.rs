@@ -37,7 +37,9 @@ fn problems_are_listed_with_field_value_and_rule() {
     let broken = example
         .replace("probe_rtt = \"300ms\"", "probe_rtt = \"2s\"")
         .replace("activity_timeout = \"5s\"", "activity_timeout = \"2s\"")
-        .replace("enabled = true", "enabled = false");
+        .replace("action = \"log-only\"", "action = \"reboot\"")
+        .replace("address = \"10.0.0.12:7946\"", "address = \"kvm02\"")
+        .replace("name = \"kvm01\"  ", "name = \"kvm09\"  ");
     let path = dir.join("broken.toml");
     std::fs::write(&path, broken).unwrap();
     let out = check(&path);
@@ -48,7 +50,15 @@ fn problems_are_listed_with_field_value_and_rule() {
         "{err}"
     );
     assert!(err.contains("storage.activity_timeout = \"2s\""), "{err}");
-    assert!(err.contains("watchdog.enabled = false"), "{err}");
+    assert!(err.contains("self_fence.action = \"reboot\""), "{err}");
+    assert!(
+        err.contains("cluster.members[1].address = \"kvm02\": must be an ip:port"),
+        "{err}"
+    );
+    assert!(
+        err.contains("node.name = \"kvm09\": must be one of cluster.members"),
+        "{err}"
+    );
     let out = check(&dir.join("missing.toml"));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));

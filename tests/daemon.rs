@@ -679,3 +679,85 @@ fn kill_9_during_durable_writes_loses_nothing_acknowledged() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+fn pid_of(c: &Cluster, i: usize) -> i32 {
+    c.members[i].child.as_ref().unwrap().id() as i32
+}
+
+/// Waits (bounded) for member `i`'s process to exit; returns its exit code.
+fn wait_exit(c: &mut Cluster, i: usize, limit: Duration) -> Option<i32> {
+    let child = c.members[i].child.as_mut().unwrap();
+    let code = wait_for(limit, || child.try_wait().ok().flatten())?;
+    c.members[i].child = None;
+    Some(code.code().unwrap_or(-1))
+}
+
+#[test]
+fn sigterm_leaves_cleanly_and_the_agent_check_is_gossiped() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let agent_pid = std::env::temp_dir().join(format!("pf-agent-{}.pid", std::process::id()));
+    std::fs::write(&agent_pid, format!("{}\n", std::process::id())).unwrap();
+    let tweak = format!(
+        "[health]\ninterval = \"500ms\"\nagent = {{ pid_file = \"{}\" }}\n",
+        agent_pid.display()
+    );
+    let mut c = Cluster::new("signals", 3, &tweak);
+    for i in 0..3 {
+        c.start(i);
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || all_alive(&c, &[0, 1, 2])
+            .then_some(()))
+        .is_some()
+    );
+
+    // The agent check: alive, then dead once its pid file names no process; peers learn it.
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            c.view(0, 1).filter(|v| v["agent"] == "Alive").map(|_| ())
+        })
+        .is_some(),
+        "agent reported alive"
+    );
+    std::fs::write(&agent_pid, "999999999\n").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            c.view(0, 1).filter(|v| v["agent"] == "Dead").map(|_| ())
+        })
+        .is_some(),
+        "agent death reported and gossiped"
+    );
+    std::fs::remove_file(&agent_pid).ok();
+
+    // SIGTERM: leave cleanly, flush durable state, exit 0.
+    let generation = c.status(2).unwrap()["node"]["generation"].as_u64().unwrap();
+    unsafe { libc::kill(pid_of(&c, 2), libc::SIGTERM) };
+    let code =
+        wait_exit(&mut c, 2, Duration::from_secs(20)).expect("the daemon exits after SIGTERM");
+    assert_eq!(code, 0, "clean exit; log:\n{}", c.log(2));
+    let state = peerfence::daemon::store::StateFile::open(&c.dir.join("data").join("n2"))
+        .unwrap()
+        .load()
+        .unwrap()
+        .expect("durable state on disk");
+    assert_eq!(u64::from(state.generation), generation);
+    // Its peers treat it as having left on purpose: exempt, never fenceable.
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            c.view(0, 2).filter(|v| v["ha"] == "Ineligible").map(|_| ())
+        })
+        .is_some(),
+        "a member that left is Ineligible, not Checking"
+    );
+
+    // Two signals in a row: the second exits at once.
+    c.start(2);
+    assert!(wait_for(Duration::from_secs(20), || c.status(2).map(|_| ())).is_some());
+    let pid = pid_of(&c, 2);
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let code = wait_exit(&mut c, 2, Duration::from_secs(5)).expect("exits promptly");
+    assert!(code == 130 || code == 0, "exit code {code}");
+}

@@ -4,7 +4,7 @@
 
 use crate::config::{
     Config, ConfigError, ConfigErrors, LevelKind, RawCluster, RawConfig, RawFencing, RawSelfFence,
-    RawStorage, RawSwim, RawWatchdog, SelfFenceSetting, fmt_duration,
+    RawStorage, RawSwim, RawWatchdog, fmt_duration,
 };
 use peerfence_proto::MemberId;
 use serde::{Deserialize, Serialize};
@@ -302,10 +302,11 @@ impl RawDaemonConfig {
         // This build's daemon carries out neither fence agents' nor self-fence actions nor the
         // watchdog yet (they come with fence execution). Saying so here beats a configuration
         // that looks armed and is not.
-        if let Some(SelfFenceSetting::Act(_)) = core.as_ref().ok().map(|c| c.self_fence.action) {
+        let action = self.self_fence.action.as_deref().unwrap_or("reboot");
+        if matches!(action, "reboot" | "graceful-reboot" | "restart-agent") {
             p.err(
                 "self_fence.action",
-                format!("{:?}", self.self_fence.action.as_deref().unwrap_or("reboot")),
+                format!("{action:?}"),
                 "is not carried out by this build of the daemon yet (self-fence actions arrive with fence execution); use \"log-only\" or \"none\"",
             );
         }

@@ -254,21 +254,42 @@ async fn drain(
                     "a self-fence was ordered but this build does not carry out self-fence actions yet");
             }
             Output::Watchdog(_) => {}
-            Output::Event(e) => log_event(&e),
+            Output::Event(e) => log_event(&node.config().roster, &e),
         }
     }
     Ok(())
 }
 
-fn log_event(e: &Event) {
+/// The member an event is about, to name it in the log.
+fn event_member(e: &Event) -> Option<peerfence_proto::MemberId> {
+    Some(match e {
+        Event::SwimChanged { member, .. }
+        | Event::HaChanged { member, .. }
+        | Event::Rebooted { member, .. }
+        | Event::PowerChanged { member, .. }
+        | Event::HostFoundOff { member }
+        | Event::MaintenanceChanged { member, .. } => *member,
+        Event::WouldFence { target, .. }
+        | Event::FenceConfirmed { target, .. }
+        | Event::SafeToRecover { target, .. }
+        | Event::FenceFailed { target, .. }
+        | Event::FenceAborted { target, .. }
+        | Event::LevelFailed { target, .. }
+        | Event::BudgetExhausted { target }
+        | Event::ManualFence { target, .. } => *target,
+        Event::Proposed { proposal }
+        | Event::Voted { proposal, .. }
+        | Event::RoundAbandoned { proposal, .. } => proposal.target,
+        Event::FenceStarted { qc, .. } => qc.proposal.target,
+        _ => return None,
+    })
+}
+
+fn log_event(roster: &crate::config::Roster, e: &Event) {
+    let member = event_member(e).map(|m| roster.name(m)).unwrap_or("-");
     match e {
-        Event::SwimChanged { .. } | Event::HaChanged { .. } | Event::EligibilityChanged { .. } => {
-            tracing::info!(event = ?e)
-        }
-        Event::Voted { .. } | Event::Proposed { .. } | Event::RoundAbandoned { .. } => {
-            tracing::info!(event = ?e)
-        }
-        Event::FenceStarted { .. }
+        Event::WouldFence { .. }
+        | Event::FenceStarted { .. }
         | Event::FenceConfirmed { .. }
         | Event::SafeToRecover { .. }
         | Event::FenceFailed { .. }
@@ -276,8 +297,9 @@ fn log_event(e: &Event) {
         | Event::StormEntered { .. }
         | Event::ForgedCertificate { .. }
         | Event::SelfFenceBlocked { .. }
-        | Event::WatchdogStopped { .. } => tracing::warn!(event = ?e),
-        _ => tracing::info!(event = ?e),
+        | Event::SelfFenceLogOnly
+        | Event::WatchdogStopped { .. } => tracing::warn!(member, event = ?e),
+        _ => tracing::info!(member, event = ?e),
     }
 }
 

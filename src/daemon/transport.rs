@@ -114,6 +114,22 @@ pub struct StatsSnapshot {
     pub connections_open: usize,
 }
 
+/// The connection to close when `open` holds more than `max`: the least recently used one other
+/// than `keep` (the one just made).
+fn lru_victim(
+    open: &[(MemberId, Option<Instant>)],
+    keep: MemberId,
+    max: usize,
+) -> Option<MemberId> {
+    if open.len() <= max {
+        return None;
+    }
+    open.iter()
+        .filter(|(m, _)| *m != keep)
+        .min_by_key(|(_, t)| *t)
+        .map(|(m, _)| *m)
+}
+
 /// Counts every UDP datagram that reaches the socket, then lets quinn have it.
 #[derive(Debug)]
 struct CountingSocket {
@@ -450,15 +466,8 @@ impl Transport {
                 .filter(|(_, s)| s.conn.is_some())
                 .map(|(m, s)| (*m, s.last_used))
                 .collect();
-            let evict = if open.len() > MAX_CONNECTIONS {
-                open.iter()
-                    .filter(|(m, _)| *m != member)
-                    .min_by_key(|(_, t)| *t)
-                    .map(|(m, _)| *m)
-                    .and_then(|m| peers.get_mut(&m).and_then(|s| s.conn.take()))
-            } else {
-                None
-            };
+            let evict = lru_victim(&open, member, MAX_CONNECTIONS)
+                .and_then(|m| peers.get_mut(&m).and_then(|s| s.conn.take()));
             (queued, fresh, evict)
         };
         if let Some(old) = evict {
@@ -557,5 +566,30 @@ impl Transport {
         .await;
         self.0.endpoint.close(0u32.into(), b"leaving");
         let _ = tokio::time::timeout(limit, self.0.endpoint.wait_idle()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_recently_used_connection_goes_first() {
+        let t0 = Instant::now();
+        let at = |ms: u64| Some(t0 + Duration::from_millis(ms));
+        let open = vec![
+            (MemberId(1), at(30)),
+            (MemberId(2), at(10)),
+            (MemberId(3), at(20)),
+        ];
+        assert_eq!(lru_victim(&open, MemberId(1), 3), None, "within the bound");
+        assert_eq!(lru_victim(&open, MemberId(1), 2), Some(MemberId(2)));
+        assert_eq!(
+            lru_victim(&open, MemberId(2), 2),
+            Some(MemberId(3)),
+            "never the one just made"
+        );
+        let never_used = vec![(MemberId(4), None), (MemberId(5), at(1))];
+        assert_eq!(lru_victim(&never_used, MemberId(5), 1), Some(MemberId(4)));
     }
 }
