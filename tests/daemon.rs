@@ -628,6 +628,15 @@ fn a_hanging_heartbeat_write_fails_that_host_only() {
             }
         }
     }
+    // Its peers see the details it reports: which path failed.
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            c.view(2, 0)
+                .filter(|v| v["storage"][0] == "Failed")
+                .map(|_| ())
+        })
+        .is_some()
+    );
     // The others no longer see its heartbeat move (a FIFO in its slot cannot be read, which is
     // "unknown", never "dead"), and learn its verdict by gossip.
     assert!(

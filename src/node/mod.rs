@@ -114,6 +114,10 @@ pub struct PeerStatus {
     pub verdict: Option<Verdict>,
     /// Its last fresh agent state.
     pub agent: Option<AgentHealth>,
+    /// Its last fresh per-path storage write health (as it reported it).
+    pub storage: Option<Vec<StorageHealth>>,
+    /// Its last fresh isolation check (as it reported it).
+    pub isolation: Option<IsolationHealth>,
     /// Power state.
     pub power: PowerState,
     /// In maintenance.
@@ -426,6 +430,8 @@ impl Node {
                     boot: p.boot,
                     verdict: fresh.map(|h| h.verdict),
                     agent: fresh.map(|h| h.agent),
+                    storage: fresh.map(|h| h.storage.clone()),
+                    isolation: fresh.map(|h| h.isolation),
                     power: p.power,
                     maintenance: self.durable.in_maintenance(m),
                     attempts: p.attempts,
