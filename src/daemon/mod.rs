@@ -188,7 +188,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             msg = rx.recv() => match msg {
                 Some(Msg::Input(input)) => Some(input),
                 Some(Msg::Status(reply)) => {
-                    let _ = reply.send(status(&node, &transport));
+                    let _ = reply.send(status(&node, &transport, &cfg.addresses));
                     None
                 }
                 Some(Msg::Shutdown) | None => break,
@@ -303,11 +303,23 @@ fn log_event(roster: &crate::config::Roster, e: &Event) {
     }
 }
 
-fn status(node: &Node, transport: &transport::Transport) -> serde_json::Value {
+fn status(
+    node: &Node,
+    transport: &transport::Transport,
+    addresses: &[std::net::SocketAddr],
+) -> serde_json::Value {
     serde_json::json!({
         "node": node.status(),
         "cluster": node.config().cluster.as_str(),
         "config_digest": format!("{:016x}", node.config().digest().0),
+        // Member name → its peerfence (QUIC) address, so that callers that know hosts by IP
+        // (CloudStack passes the host's IP) can find the member.
+        "addresses": node
+            .config()
+            .roster
+            .ids()
+            .map(|m| (node.config().roster.name(m).to_owned(), serde_json::Value::from(addresses[m.index()].to_string())))
+            .collect::<serde_json::Map<_, _>>(),
         "messages": node.stats(),
         "transport": transport.stats(),
     })

@@ -1,0 +1,259 @@
+//! Shared support for the tests that run real daemon processes on loopback: certificates,
+//! configurations, starting and killing members, and bounded polling of the status endpoint.
+#![allow(dead_code)]
+// Tests write files and wait on processes; the sans-IO rule of clippy.toml is about the library.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_peerfence")
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<serde_json::Value> {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| serde_json::from_str(body).ok())?
+}
+
+pub struct Member {
+    pub name: String,
+    pub quic: u16,
+    pub http: u16,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub started: Option<Instant>,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub members: Vec<Member>,
+}
+
+impl Cluster {
+    /// Writes certificates and configurations for `n` members (none started).
+    pub fn new(tag: &str, n: usize, tweak: &str) -> Self {
+        Self::new_with(tag, n, "observe", |_, _| tweak.to_owned())
+    }
+
+    /// Like [`Cluster::new`], in `mode`, with a configuration tail per member
+    /// (`tweak(index, dir)`). The default `[self_fence]` (log-only) is left out when the tail
+    /// has its own.
+    pub fn new_with(
+        tag: &str,
+        n: usize,
+        mode: &str,
+        tweak: impl Fn(usize, &Path) -> String,
+    ) -> Self {
+        let dir = std::env::temp_dir().join(format!("pf-daemon-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("shared")).unwrap();
+        let certs = dir.join("certs");
+        let ok = Command::new(bin())
+            .args(["certs", "init", "--dir"])
+            .arg(&certs)
+            .args(["--cluster", "test"])
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let mut keys = Vec::new();
+        let mut members = Vec::new();
+        for i in 0..n {
+            let name = format!("n{i}");
+            let out = Command::new(bin())
+                .args(["certs", "issue", "--dir"])
+                .arg(&certs)
+                .args(["--id", &name])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8(out.stdout).unwrap();
+            let key = text
+                .lines()
+                .find_map(|l| l.strip_prefix("vote_key = \""))
+                .and_then(|l| l.strip_suffix('"'))
+                .unwrap()
+                .to_owned();
+            keys.push(key);
+            members.push(Member {
+                config: dir.join(format!("{name}.toml")),
+                name,
+                quic: free_udp_port(),
+                http: free_tcp_port(),
+                child: None,
+                started: None,
+            });
+        }
+        let roster: Vec<String> = members
+            .iter()
+            .zip(&keys)
+            .map(|(m, k)| {
+                format!(
+                    "  {{ name = \"{}\", vote_key = \"{k}\", address = \"127.0.0.1:{}\" }},",
+                    m.name, m.quic
+                )
+            })
+            .collect();
+        for (i, m) in members.iter().enumerate() {
+            let tweak = tweak(i, &dir);
+            let d = dir.display();
+            let text = format!(
+                r#"[node]
+name = "{name}"
+data_dir = "{d}/data/{name}"
+boot_id = "per-start"
+vote_key = "{d}/certs/{name}.vote.key"
+
+[tls]
+ca = "{d}/certs/ca.crt"
+cert = "{d}/certs/{name}.crt"
+key = "{d}/certs/{name}.key"
+
+[cluster]
+name = "test"
+mode = "{mode}"
+members = [
+{roster}
+]
+
+[storage]
+paths = ["{d}/shared"]
+
+{self_fence}
+[http]
+listen = "127.0.0.1:{http}"
+{tweak}
+"#,
+                name = m.name,
+                http = m.http,
+                roster = roster.join("\n"),
+                self_fence = if tweak.contains("[self_fence]") {
+                    ""
+                } else {
+                    "[self_fence]\naction = \"log-only\"\n"
+                },
+            );
+            std::fs::write(&m.config, text).unwrap();
+        }
+        Self { dir, members }
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name))).unwrap();
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&m.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        m.child = Some(child);
+        m.started = Some(Instant::now());
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn status(&self, i: usize) -> Option<serde_json::Value> {
+        http_get(self.members[i].http, "/v1/cluster")
+    }
+
+    /// The view member `i` has of member `j` (`peers[]` entry).
+    pub fn view(&self, i: usize, j: usize) -> Option<serde_json::Value> {
+        let s = self.status(i)?;
+        s["node"]["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == self.members[j].name.as_str())
+            .cloned()
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.members[i].name)))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("daemon logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+pub fn all_alive(c: &Cluster, running: &[usize]) -> bool {
+    running.iter().all(|&i| {
+        running
+            .iter()
+            .filter(|&&j| j != i)
+            .all(|&j| c.view(i, j).is_some_and(|v| v["swim"] == "Alive"))
+    })
+}
