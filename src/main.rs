@@ -39,6 +39,19 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Drop-in for CloudStack's kvmheartbeat.sh (same flags), answered by the local daemon under
+    /// quorum: it never reboots the host itself. See docs/CLOUDSTACK.md.
+    CloudstackHeartbeat(peerfence::daemon::cloudstack::Args),
+    /// Built-in fence agents.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// The watchdog device.
+    Watchdog {
+        #[command(subcommand)]
+        command: WatchdogCommand,
+    },
     /// Crash-safety exercise for the state file: saves states with growing counters and prints
     /// "acked N" after each save returns. Used by the tests, which kill it at random instants.
     #[command(hide = true)]
@@ -46,6 +59,32 @@ enum Command {
         /// Data directory.
         #[arg(long)]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// A simulated fence agent (ClusterLabs API on stdin: action=, pid_file=, start=,
+    /// down_file=) that "powers" a local process: off kills it, status reports whether it
+    /// runs. For the demo and tests.
+    Sim {
+        /// Optional `--name=value` parameters (stdin is read when no action is given here).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        params: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WatchdogCommand {
+    /// Open the device, set its timeout, feed it, then close it with the magic character so
+    /// that it does NOT reset the host. Prints each step.
+    Test {
+        /// The device.
+        #[arg(long, default_value = "/dev/watchdog")]
+        device: PathBuf,
+        /// Timeout to set, e.g. "10s".
+        #[arg(long, default_value = "10s")]
+        timeout: String,
     },
 }
 
@@ -78,6 +117,15 @@ fn main() -> ExitCode {
         Command::CheckConfig { path } => check_config(&path),
         Command::Certs { command } => certs_command(command),
         Command::DurableStress { dir } => durable_stress(&dir),
+        Command::Agent {
+            command: AgentCommand::Sim { params },
+        } => ExitCode::from(peerfence::daemon::simagent::main(&params).clamp(0, 255) as u8),
+        Command::Watchdog {
+            command: WatchdogCommand::Test { device, timeout },
+        } => watchdog_test(&device, &timeout),
+        Command::CloudstackHeartbeat(args) => {
+            ExitCode::from(peerfence::daemon::cloudstack::run(&args) as u8)
+        }
     }
 }
 
@@ -195,6 +243,30 @@ fn durable_stress(dir: &Path) -> ExitCode {
             .is_err()
         {
             return ExitCode::SUCCESS;
+        }
+    }
+}
+
+fn watchdog_test(device: &Path, timeout: &str) -> ExitCode {
+    let timeout = match humantime::parse_duration(timeout) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "--timeout {timeout:?}: not a duration ({e}); write it with a unit, e.g. \"10s\""
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match peerfence::daemon::watchdog::self_test(device, timeout) {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("watchdog test failed: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -196,6 +196,9 @@ pub enum HaState {
     Ineligible,
     /// The cluster is disarmed.
     Disabled,
+    /// Up and storage-alive, but the last `monitor` of one of its fence devices failed: a
+    /// failure now could not be fenced by that level. Said before a failure happens.
+    FenceDeviceDown,
 }
 
 /// What decides the HA state besides the class.
@@ -213,6 +216,8 @@ pub struct HaFacts {
     pub failed: bool,
     /// Waiting for a retry after a failed attempt.
     pub retry_pending: bool,
+    /// The last `monitor` of one of its fence devices failed (as this node's driver saw it).
+    pub device_down: bool,
 }
 
 /// The HA state.
@@ -243,6 +248,7 @@ pub fn ha_state(f: &HaFacts) -> HaState {
         return HaState::FenceFailed;
     }
     match f.class {
+        TargetClass::Available if f.device_down => HaState::FenceDeviceDown,
         TargetClass::Available => HaState::Available,
         TargetClass::Unmanageable => HaState::Unmanageable,
         TargetClass::Suspect => HaState::Suspect,
@@ -510,6 +516,7 @@ mod tests {
             fencing: false,
             failed: false,
             retry_pending: false,
+            device_down: false,
         };
         let cases = vec![
             ("checking", base, HaState::Checking),
@@ -578,6 +585,23 @@ mod tests {
                     ..base
                 },
                 HaState::Unmanageable,
+            ),
+            (
+                "a fence device that is down is said before a failure",
+                HaFacts {
+                    class: TargetClass::Available,
+                    device_down: true,
+                    ..base
+                },
+                HaState::FenceDeviceDown,
+            ),
+            (
+                "a dead host with its device down is still checked and fenced",
+                HaFacts {
+                    device_down: true,
+                    ..base
+                },
+                HaState::Checking,
             ),
             (
                 "quiet period",

@@ -8,6 +8,7 @@ use crate::config::{
 };
 use peerfence_proto::MemberId;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -113,6 +114,68 @@ pub struct RawHttp {
     pub listen: Option<String>,
 }
 
+/// `[agents.LEVEL]`: the ClusterLabs fence agent behind the fence level named LEVEL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgentLevel {
+    /// The agent program: a name looked up in `PATH` (`"fence_ipmilan"`) or an absolute path.
+    pub command: Vec<String>,
+    /// Parameters for every host, as the agent's stdin `name=value` lines (no `action`: peerfence
+    /// sets it on every call).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Per-host parameters (e.g. the BMC address), by member name; they override `params`.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, BTreeMap<String, String>>,
+    /// A file (mode 0600) of secret parameters: `name=value` lines for every host and
+    /// `HOST.name=value` lines for one host. Never logged, never shown.
+    #[serde(default)]
+    pub secrets_file: Option<PathBuf>,
+    /// Secret parameters read from the environment: parameter name → variable name.
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, String>,
+    /// Time for one call of the agent. Default `"10s"`, at most the level's timeout.
+    #[serde(default)]
+    pub action_timeout: Option<String>,
+    /// Extra tries of a failed `off`/`on`, made only while a whole `action_timeout` is left of
+    /// the level's time. Default 1, at most 5.
+    #[serde(default)]
+    pub retries: Option<u8>,
+    /// Interval of `monitor` per host (the device's health). Default `"60s"`; `"off"` disables.
+    #[serde(default)]
+    pub monitor_interval: Option<String>,
+    /// Interval of the power `status` per host (first agent level only). Default `"30s"`;
+    /// `"off"` disables.
+    #[serde(default)]
+    pub power_status_interval: Option<String>,
+}
+
+/// `[local_actions]`: how this host's self-fence actions and watchdog are carried out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocalActions {
+    /// `"system"` (default): real actions (sysrq, systemctl). `"record"`: append each action to
+    /// `record_file` and do nothing else — for tests and the demo.
+    #[serde(default)]
+    pub executor: Option<String>,
+    /// Where `"record"` writes.
+    #[serde(default)]
+    pub record_file: Option<PathBuf>,
+    /// `reboot`: time allowed for `sync` before `sysrq b`. Default `"5s"`.
+    #[serde(default)]
+    pub sync_timeout: Option<String>,
+    /// `graceful-reboot`: time allowed for `systemctl reboot` before escalating to `reboot`.
+    /// Default `"120s"`.
+    #[serde(default)]
+    pub graceful_timeout: Option<String>,
+    /// `restart-agent`: the unit restarted. Default: `health.agent.systemd_unit`.
+    #[serde(default)]
+    pub agent_unit: Option<String>,
+    /// The watchdog device (used when `watchdog.enabled`). Default `"/dev/watchdog"`.
+    #[serde(default)]
+    pub watchdog_device: Option<PathBuf>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +207,91 @@ pub struct RawDaemonConfig {
     /// `[http]`.
     #[serde(default)]
     pub http: RawHttp,
+    /// `[agents.LEVEL]`, one per agent level.
+    #[serde(default)]
+    pub agents: BTreeMap<String, RawAgentLevel>,
+    /// `[local_actions]`.
+    #[serde(default)]
+    pub local_actions: RawLocalActions,
+}
+
+/// A secret parameter value: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(********)")
+    }
+}
+
+/// Where a level's secrets come from (read when the daemon starts, not by `check-config`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SecretSources {
+    /// The 0600 file.
+    pub file: Option<PathBuf>,
+    /// Parameter → environment variable.
+    pub env: BTreeMap<String, String>,
+}
+
+/// A validated `[agents.LEVEL]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLevelConfig {
+    /// Fence level index.
+    pub level: u8,
+    /// Level name.
+    pub name: String,
+    /// Program and fixed arguments.
+    pub command: Vec<String>,
+    /// Parameters for every host.
+    pub params: BTreeMap<String, String>,
+    /// Per-host parameters by member name.
+    pub hosts: BTreeMap<String, BTreeMap<String, String>>,
+    /// Secret sources.
+    pub secrets: SecretSources,
+    /// One call's time.
+    pub action_timeout: Duration,
+    /// Extra tries of `off`/`on`.
+    pub retries: u8,
+    /// `monitor` interval, if on.
+    pub monitor_interval: Option<Duration>,
+    /// Power `status` interval, if on (first agent level only).
+    pub power_status_interval: Option<Duration>,
+}
+
+/// How local actions are carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Executor {
+    /// Real actions.
+    System,
+    /// Append to a file, do nothing (tests, demo).
+    Record(PathBuf),
+}
+
+/// Validated `[local_actions]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalActionsConfig {
+    /// Executor.
+    pub executor: Executor,
+    /// `sync` deadline of `reboot`.
+    pub sync_timeout: Duration,
+    /// Escalation deadline of `graceful-reboot`.
+    pub graceful_timeout: Duration,
+    /// Unit for `restart-agent`.
+    pub agent_unit: Option<String>,
+    /// Watchdog device.
+    pub watchdog_device: PathBuf,
+}
+
+/// Parameter names peerfence sets itself, or that make agents do something else than asked
+/// (fence-agents treats a legacy `option=` like a missing action: *reboot*).
+const RESERVED_PARAMS: &[&str] = &["action", "option"];
+
+fn valid_param_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Where this host's boot id comes from.
@@ -213,6 +361,10 @@ pub struct DaemonConfig {
     pub health: HealthConfig,
     /// Status endpoint, if on.
     pub http: Option<SocketAddr>,
+    /// Agent levels by level index (`None` for a poison-pill level).
+    pub agents: Vec<Option<AgentLevelConfig>>,
+    /// Local actions and the watchdog device.
+    pub local: LocalActionsConfig,
 }
 
 struct Problems(Vec<ConfigError>);
@@ -298,25 +450,6 @@ impl RawDaemonConfig {
             Ok(_) => Vec::new(),
             Err(e) => e.0.clone(),
         });
-
-        // This build's daemon carries out neither fence agents' nor self-fence actions nor the
-        // watchdog yet (they come with fence execution). Saying so here beats a configuration
-        // that looks armed and is not.
-        let action = self.self_fence.action.as_deref().unwrap_or("reboot");
-        if matches!(action, "reboot" | "graceful-reboot" | "restart-agent") {
-            p.err(
-                "self_fence.action",
-                format!("{action:?}"),
-                "is not carried out by this build of the daemon yet (self-fence actions arrive with fence execution); use \"log-only\" or \"none\"",
-            );
-        }
-        if self.watchdog.enabled == Some(true) {
-            p.err(
-                "watchdog.enabled",
-                "true",
-                "is not supported by this build of the daemon yet (the watchdog device arrives with fence execution); set it to false",
-            );
-        }
 
         let names: Vec<&str> = self
             .cluster
@@ -447,6 +580,12 @@ impl RawDaemonConfig {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 7947))),
         };
 
+        let agents = match &core {
+            Ok(c) => self.validate_agents(&mut p, c, &names),
+            Err(_) => Vec::new(),
+        };
+        let local = self.validate_local(&mut p);
+
         if !p.0.is_empty() {
             return Err(ConfigErrors(p.0));
         }
@@ -485,7 +624,225 @@ impl RawDaemonConfig {
                 exec,
             },
             http,
+            agents,
+            local,
         })
+    }
+
+    fn validate_agents(
+        &self,
+        p: &mut Problems,
+        core: &Config,
+        names: &[&str],
+    ) -> Vec<Option<AgentLevelConfig>> {
+        let mut out = Vec::new();
+        let mut first_agent = true;
+        for (i, level) in core.fencing.levels.iter().enumerate() {
+            let LevelKind::Agent { timeout } = level.kind else {
+                if self.agents.contains_key(&level.name) {
+                    p.err(
+                        &format!("agents.{}", level.name),
+                        "(present)",
+                        "names a poison-pill level, which runs no agent; remove it",
+                    );
+                }
+                out.push(None);
+                continue;
+            };
+            let field = format!("agents.{}", level.name);
+            let Some(a) = self.agents.get(&level.name) else {
+                p.err(
+                    &field,
+                    "(missing)",
+                    format!(
+                        "fencing.levels[{i}] ({}) is an agent level: say which fence agent runs it, e.g. [agents.{}] command = [\"fence_ipmilan\"]",
+                        level.name, level.name
+                    ),
+                );
+                out.push(None);
+                continue;
+            };
+            if a.command.is_empty() || a.command[0].is_empty() {
+                p.err(
+                    &format!("{field}.command"),
+                    format!("{:?}", a.command),
+                    "must name the agent program, e.g. [\"fence_ipmilan\"]",
+                );
+            }
+            let check_params = |p: &mut Problems, what: &str, params: &BTreeMap<String, String>| {
+                for (k, v) in params {
+                    if !valid_param_name(k) {
+                        p.err(
+                            &format!("{what}.{k}"),
+                            format!("{k:?}"),
+                            "a parameter name is lowercase letters, digits, '_' or '-'",
+                        );
+                    } else if RESERVED_PARAMS.contains(&k.as_str()) {
+                        p.err(
+                            &format!("{what}.{k}"),
+                            format!("{v:?}"),
+                            "is set by peerfence on every call (a stray action or option would make the agent reboot); remove it",
+                        );
+                    }
+                    if v.contains(['\n', '\r', '\0']) {
+                        p.err(
+                            &format!("{what}.{k}"),
+                            "(value with a line break)",
+                            "must be one line: values go to the agent as name=value lines",
+                        );
+                    }
+                }
+            };
+            check_params(p, &format!("{field}.params"), &a.params);
+            for (host, params) in &a.hosts {
+                if !names.contains(&host.as_str()) {
+                    p.err(
+                        &format!("{field}.hosts.{host}"),
+                        format!("{host:?}"),
+                        format!("must be one of cluster.members ({})", names.join(", ")),
+                    );
+                }
+                check_params(p, &format!("{field}.hosts.{host}"), params);
+            }
+            for (k, var) in &a.secret_env {
+                if !valid_param_name(k) || RESERVED_PARAMS.contains(&k.as_str()) {
+                    p.err(
+                        &format!("{field}.secret_env.{k}"),
+                        format!("{k:?}"),
+                        "must be an agent parameter name (not action or option)",
+                    );
+                }
+                if var.is_empty() {
+                    p.err(
+                        &format!("{field}.secret_env.{k}"),
+                        "\"\"",
+                        "must name an environment variable",
+                    );
+                }
+            }
+            let action_timeout =
+                p.duration(&format!("{field}.action_timeout"), &a.action_timeout, "10s");
+            if action_timeout > timeout {
+                p.err(
+                    &format!("{field}.action_timeout"),
+                    fmt_duration(action_timeout),
+                    format!(
+                        "must not exceed the level's timeout ({}) in fencing.levels[{i}]",
+                        fmt_duration(timeout)
+                    ),
+                );
+            }
+            let retries = a.retries.unwrap_or(1);
+            if retries > 5 {
+                p.err(
+                    &format!("{field}.retries"),
+                    retries,
+                    "must be at most 5 (the level's timeout bounds them anyway)",
+                );
+            }
+            let mut interval = |name: &str, raw: &Option<String>, default: &str| {
+                if raw.as_deref() == Some("off") {
+                    None
+                } else {
+                    Some(p.duration(&format!("{field}.{name}"), raw, default))
+                }
+            };
+            let monitor_interval = interval("monitor_interval", &a.monitor_interval, "60s");
+            let power_status_interval = if first_agent {
+                interval("power_status_interval", &a.power_status_interval, "30s")
+            } else {
+                None
+            };
+            first_agent = false;
+            out.push(Some(AgentLevelConfig {
+                level: i as u8,
+                name: level.name.clone(),
+                command: a.command.clone(),
+                params: a.params.clone(),
+                hosts: a.hosts.clone(),
+                secrets: SecretSources {
+                    file: a.secrets_file.clone(),
+                    env: a.secret_env.clone(),
+                },
+                action_timeout,
+                retries,
+                monitor_interval,
+                power_status_interval,
+            }));
+        }
+        for name in self.agents.keys() {
+            if !core.fencing.levels.iter().any(|l| &l.name == name) {
+                p.err(
+                    &format!("agents.{name}"),
+                    format!("{name:?}"),
+                    format!(
+                        "names no fence level (fencing.levels: {})",
+                        core.fencing
+                            .levels
+                            .iter()
+                            .map(|l| l.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    fn validate_local(&self, p: &mut Problems) -> LocalActionsConfig {
+        let l = &self.local_actions;
+        let executor = match l.executor.as_deref().unwrap_or("system") {
+            "system" => Executor::System,
+            "record" => match &l.record_file {
+                Some(f) => Executor::Record(f.clone()),
+                None => {
+                    p.err(
+                        "local_actions.record_file",
+                        "(missing)",
+                        "is required with executor = \"record\"",
+                    );
+                    Executor::System
+                }
+            },
+            other => {
+                p.err(
+                    "local_actions.executor",
+                    format!("{other:?}"),
+                    "must be \"system\" (real actions) or \"record\" (tests and demos: write them to record_file, do nothing)",
+                );
+                Executor::System
+            }
+        };
+        let sync_timeout = p.duration("local_actions.sync_timeout", &l.sync_timeout, "5s");
+        let graceful_timeout = p.duration(
+            "local_actions.graceful_timeout",
+            &l.graceful_timeout,
+            "120s",
+        );
+        let agent_unit = l.agent_unit.clone().or_else(|| {
+            self.health
+                .agent
+                .as_ref()
+                .and_then(|a| a.systemd_unit.clone())
+        });
+        if self.self_fence.action.as_deref() == Some("restart-agent") && agent_unit.is_none() {
+            p.err(
+                "local_actions.agent_unit",
+                "(missing)",
+                "self_fence.action = \"restart-agent\" needs the unit to restart: set agent_unit, or health.agent.systemd_unit",
+            );
+        }
+        LocalActionsConfig {
+            executor,
+            sync_timeout,
+            graceful_timeout,
+            agent_unit,
+            watchdog_device: l
+                .watchdog_device
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/dev/watchdog")),
+        }
     }
 }
 
@@ -511,13 +868,27 @@ impl DaemonConfig {
                 fmt_duration(c.promise_ttl())
             ),
         ];
-        for (i, l) in c.fencing.levels.iter().enumerate() {
-            if let LevelKind::Agent { .. } = l.kind {
-                lines.push(format!(
-                    "warning: fencing.levels[{i}] ({}) is a fence-agent level; this build does not run fence agents yet, so it always fails",
-                    l.name
-                ));
-            }
+        for a in self.agents.iter().flatten() {
+            lines.push(format!(
+                "fence level {} runs {:?} (one call at most {}, {} retries)",
+                a.name,
+                a.command.join(" "),
+                fmt_duration(a.action_timeout),
+                a.retries
+            ));
+        }
+        if c.watchdog.enabled {
+            lines.push(format!(
+                "watchdog device {} (timeout {})",
+                self.local.watchdog_device.display(),
+                fmt_duration(c.watchdog.timeout)
+            ));
+        }
+        if let Executor::Record(f) = &self.local.executor {
+            lines.push(format!(
+                "local actions are only recorded in {} (executor = \"record\")",
+                f.display()
+            ));
         }
         lines
     }

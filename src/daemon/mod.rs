@@ -9,15 +9,22 @@
 //! This module is exempt from the core's sans-IO lints (`clippy.toml`): doing IO is its job.
 #![allow(clippy::disallowed_methods)]
 
+pub mod actions;
 pub mod certs;
 pub mod checks;
+pub mod cloudstack;
 pub mod config;
+pub mod fence;
 pub mod http;
+pub mod simagent;
 pub mod storage;
 pub mod store;
 pub mod transport;
+pub mod watchdog;
 
-use crate::node::{AgentResult, Event, Input, Node, Output};
+use crate::node::{
+    AgentResult, Event, Input, Node, OperatorCommand, Output, SelfFenceAnswer, WatchdogAction,
+};
 use crate::time::Instant;
 use config::{BootIdSource, DaemonConfig};
 use peerfence_proto::BootId;
@@ -33,6 +40,8 @@ pub enum Msg {
     Input(Input),
     /// A request for the status view.
     Status(oneshot::Sender<serde_json::Value>),
+    /// A local self-fence request (CloudStack's heartbeat script `-c`).
+    SelfFenceRequest(oneshot::Sender<SelfFenceAnswer>),
     /// Leave the cluster and stop (SIGTERM, SIGINT).
     Shutdown,
 }
@@ -63,6 +72,20 @@ pub enum DaemonError {
     /// The boot id could not be read.
     #[error("cannot read the boot id from {0}: {1}")]
     BootId(String, String),
+    /// A fence agent cannot be used.
+    #[error(transparent)]
+    Agent(#[from] fence::AgentError),
+    /// The configuration relies on a watchdog that cannot be opened.
+    #[error(
+        "watchdog.enabled = true (confirming fences by deadline relies on every member's watchdog), but {0}; refusing to start"
+    )]
+    Watchdog(watchdog::WatchdogError),
+    /// The watchdog would not reset the host when the daemon dies, or resets it later than
+    /// configured.
+    #[error(
+        "watchdog.enabled = true, but the watchdog cannot be relied on: {0}; use a driver with magic close that resets the host (most hardware watchdogs; softdog)"
+    )]
+    WatchdogUnsafe(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -153,6 +176,47 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     for line in cfg.summary() {
         tracing::info!("{line}");
     }
+    // Agents: secrets loaded, `metadata` checked against the configured parameters, before the
+    // node can ask for a fence.
+    let mut agents = Vec::new();
+    for level in &cfg.agents {
+        agents.push(match level {
+            Some(l) => {
+                let agent = fence::Agent::load(l.clone())?;
+                let known = agent.check_metadata().await?;
+                tracing::info!(level = %l.name, parameters = known.len(), "fence agent metadata checked");
+                Some(agent)
+            }
+            None => None,
+        });
+    }
+    let agents = Arc::new(agents);
+    let watchdog = if core.watchdog.enabled {
+        let dev = watchdog::Device::open(&cfg.local.watchdog_device, core.watchdog.timeout)
+            .map_err(DaemonError::Watchdog)?;
+        tracing::info!(device = %cfg.local.watchdog_device.display(), timeout_s = ?dev.timeout_secs(), "watchdog opened");
+        // A driver that stops on any close (no magic close) or only raises an alarm would let a
+        // crashed daemon's host live on: the deadline every confirmation relies on is gone.
+        if dev.resets_after_crash() == Some(false) {
+            let _ = dev.magic_close();
+            return Err(DaemonError::WatchdogUnsafe(
+                cfg.local.watchdog_device.display().to_string(),
+            ));
+        }
+        if let Some(secs) = dev.timeout_secs() {
+            let want = core.watchdog.timeout.as_secs_f64().ceil() as u32;
+            if secs > want {
+                let _ = dev.magic_close();
+                return Err(DaemonError::WatchdogUnsafe(format!(
+                    "{} runs a {secs} s timeout where watchdog.timeout asks for {want} s (confirmation deadlines would come too early); set watchdog.timeout to at least {secs}s",
+                    cfg.local.watchdog_device.display()
+                )));
+            }
+        }
+        Some(watchdog::Feeder::spawn(dev).map_err(io("cannot start the watchdog thread"))?)
+    } else {
+        None
+    };
     tracing::info!(boot = %boot, generation = node.generation(), "starting");
 
     let (tx, mut rx) = mpsc::channel::<Msg>(INBOX);
@@ -160,8 +224,18 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         .map_err(io(format!("cannot listen on {} (QUIC/UDP)", cfg.listen)))?;
     let generation = Arc::new(AtomicU32::new(node.generation()));
     let stop = Arc::new(AtomicBool::new(false));
+    let mut shell = Shell {
+        clock,
+        store,
+        transport,
+        tx: tx.clone(),
+        agents: agents.clone(),
+        local: cfg.local.clone(),
+        watchdog,
+        answer: None,
+    };
     // The first output persists the new generation: nothing leaves before it is on disk.
-    drain(&mut node, &clock, &store, &transport).await?;
+    shell.drain(&mut node).await?;
     storage::spawn(
         core.clone(),
         cfg.me,
@@ -181,6 +255,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         tracing::info!(%addr, "status endpoint: GET /v1/cluster");
     }
     tokio::spawn(signals(tx.clone()));
+    fence::spawn_periodic(agents, names_of(&core), cfg.me, tx.clone());
 
     loop {
         let deadline = clock.deadline(node.poll_timeout());
@@ -188,7 +263,20 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             msg = rx.recv() => match msg {
                 Some(Msg::Input(input)) => Some(input),
                 Some(Msg::Status(reply)) => {
-                    let _ = reply.send(status(&node, &transport, &cfg.addresses));
+                    let _ = reply.send(status(&node, &shell, &cfg.addresses));
+                    None
+                }
+                Some(Msg::SelfFenceRequest(reply)) => {
+                    shell.answer = None;
+                    node.handle(
+                        clock.now(),
+                        Input::Operator(OperatorCommand::SelfFenceRequest),
+                    );
+                    generation.store(node.generation(), Ordering::SeqCst);
+                    shell.drain(&mut node).await?;
+                    if let Some(a) = shell.answer.take() {
+                        let _ = reply.send(a);
+                    }
                     None
                 }
                 Some(Msg::Shutdown) | None => break,
@@ -198,66 +286,125 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         if let Some(input) = input {
             node.handle(clock.now(), input);
             generation.store(node.generation(), Ordering::SeqCst);
-            drain(&mut node, &clock, &store, &transport).await?;
+            shell.drain(&mut node).await?;
         }
     }
     tracing::info!("leaving the cluster");
     node.handle(clock.now(), Input::Shutdown);
-    drain(&mut node, &clock, &store, &transport).await?;
+    shell.drain(&mut node).await?;
     stop.store(true, Ordering::SeqCst);
-    transport.close(Duration::from_secs(1)).await;
+    if let Some(w) = shell.watchdog.take() {
+        // Magic close unless the core stopped feeding (then the reset must still come).
+        w.close();
+    }
+    shell.transport.close(Duration::from_secs(1)).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Carries out every output, in order. A `Persist` is durable before the next output is read.
-async fn drain(
-    node: &mut Node,
-    clock: &Clock,
-    store: &store::StateFile,
-    transport: &transport::Transport,
-) -> Result<(), DaemonError> {
-    while let Some(out) = node.poll_output() {
-        match out {
-            Output::Persist(state) => {
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || store.save(&state))
-                    .await
-                    .map_err(|e| DaemonError::Io {
-                        what: "persisting durable state".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    })??;
+fn names_of(core: &crate::config::Config) -> Vec<String> {
+    core.roster
+        .ids()
+        .map(|m| core.roster.name(m).to_owned())
+        .collect()
+}
+
+/// What the node's task owns besides the node: where its outputs go.
+struct Shell {
+    clock: Clock,
+    store: store::StateFile,
+    transport: transport::Transport,
+    tx: mpsc::Sender<Msg>,
+    agents: Arc<Vec<Option<fence::Agent>>>,
+    local: config::LocalActionsConfig,
+    watchdog: Option<watchdog::Feeder>,
+    /// The last answer to a local self-fence request, picked up by the requester.
+    answer: Option<SelfFenceAnswer>,
+}
+
+impl Shell {
+    /// Carries out every output, in order. A `Persist` is durable before the next output is
+    /// read; fence agents and pill writes run in the background and answer as inputs.
+    async fn drain(&mut self, node: &mut Node) -> Result<(), DaemonError> {
+        while let Some(out) = node.poll_output() {
+            match out {
+                Output::Persist(state) => {
+                    let store = self.store.clone();
+                    tokio::task::spawn_blocking(move || store.save(&state))
+                        .await
+                        .map_err(|e| DaemonError::Io {
+                            what: "persisting durable state".into(),
+                            source: std::io::Error::other(e.to_string()),
+                        })??;
+                }
+                Output::Send {
+                    to,
+                    bytes,
+                    reliable,
+                } => self.transport.send(to, bytes, reliable),
+                Output::Fence(cmd) => {
+                    let host = node.config().roster.name(cmd.target).to_owned();
+                    let agent_ok = self
+                        .agents
+                        .get(usize::from(cmd.level))
+                        .is_some_and(Option::is_some);
+                    if !agent_ok {
+                        tracing::error!(target_member = %host, level = cmd.level, "no fence agent for this level");
+                        node.handle(
+                            self.clock.now(),
+                            Input::FenceResult {
+                                id: cmd.id,
+                                result: AgentResult::Failed,
+                            },
+                        );
+                        continue;
+                    }
+                    let (agents, tx) = (self.agents.clone(), self.tx.clone());
+                    tokio::spawn(async move {
+                        let Some(Some(agent)) = agents.get(usize::from(cmd.level)) else {
+                            return;
+                        };
+                        let out = agent.fence_action(&host, cmd.action, cmd.timeout).await;
+                        let last = &out.last;
+                        tracing::warn!(target_member = %host, level = %agent.cfg.name, action = ?cmd.action,
+                            result = ?out.result, tries = out.tries, code = ?last.code,
+                            elapsed_ms = last.elapsed.as_millis() as u64, output = %last.output,
+                            "fence agent finished");
+                        let input = Input::FenceResult {
+                            id: cmd.id,
+                            result: out.result,
+                        };
+                        let _ = tx.send(Msg::Input(input)).await;
+                    });
+                }
+                Output::WritePill { id, target, qc } => {
+                    let tx = self.tx.clone();
+                    storage::write_pill(node.config().clone(), target, qc, move |ok| {
+                        let _ = tx.blocking_send(Msg::Input(Input::PillWritten { id, ok }));
+                    });
+                }
+                Output::ClearPill { target } => storage::clear_pill(node.config().clone(), target),
+                Output::SelfFence(cmd) => {
+                    tracing::error!(action = actions::action_name(cmd.action), reason = ?cmd.reason,
+                        voters = ?cmd.qc.votes.iter().map(|v| node.config().roster.name(v.voter)).collect::<Vec<_>>(),
+                        "self-fence ordered with a quorum certificate: acting on this host");
+                    actions::execute(&self.local, cmd.action, cmd.reason);
+                }
+                Output::Watchdog(action) => match (&self.watchdog, action) {
+                    (Some(w), WatchdogAction::Feed) => w.feed(),
+                    (Some(w), WatchdogAction::Stop) => w.stop(),
+                    (None, _) => {}
+                },
+                Output::Event(e) => {
+                    if let Event::SelfFenceRequestAnswered { answer } = &e {
+                        self.answer = Some(*answer);
+                    }
+                    log_event(&node.config().roster, &e)
+                }
             }
-            Output::Send {
-                to,
-                bytes,
-                reliable,
-            } => transport.send(to, bytes, reliable),
-            Output::Fence(cmd) => {
-                tracing::error!(target_member = %cmd.target, level = cmd.level, action = ?cmd.action,
-                    "fence agents are not run by this build yet: the level fails");
-                node.handle(
-                    clock.now(),
-                    Input::FenceResult {
-                        id: cmd.id,
-                        result: AgentResult::Failed,
-                    },
-                );
-            }
-            Output::WritePill { id, target, .. } => {
-                tracing::error!(target_member = %target, "poison pills are not written by this build yet: the level fails");
-                node.handle(clock.now(), Input::PillWritten { id, ok: false });
-            }
-            Output::ClearPill { .. } => {}
-            Output::SelfFence(cmd) => {
-                tracing::error!(action = ?cmd.action, reason = ?cmd.reason,
-                    "a self-fence was ordered but this build does not carry out self-fence actions yet");
-            }
-            Output::Watchdog(_) => {}
-            Output::Event(e) => log_event(&node.config().roster, &e),
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The member an event is about, to name it in the log.
@@ -303,11 +450,8 @@ fn log_event(roster: &crate::config::Roster, e: &Event) {
     }
 }
 
-fn status(
-    node: &Node,
-    transport: &transport::Transport,
-    addresses: &[std::net::SocketAddr],
-) -> serde_json::Value {
+fn status(node: &Node, shell: &Shell, addresses: &[std::net::SocketAddr]) -> serde_json::Value {
+    let transport = &shell.transport;
     serde_json::json!({
         "node": node.status(),
         "cluster": node.config().cluster.as_str(),
@@ -322,6 +466,8 @@ fn status(
             .collect::<serde_json::Map<_, _>>(),
         "messages": node.stats(),
         "transport": transport.stats(),
+        "watchdog": shell.watchdog.as_ref().map(|w| w.stats()),
+        "fence_levels": node.config().fencing.levels.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
     })
 }
 

@@ -113,6 +113,78 @@ fn decode_slot(cfg: &Config, bytes: &[u8]) -> Option<StorageBody> {
     (rec.cluster == cfg.cluster && rec.digest == cfg.digest()).then_some(rec.body)
 }
 
+/// Hung pill writes and clears, abandoned, across the process (bounded like the heartbeats').
+static PILL_ABANDONED: std::sync::LazyLock<Arc<AtomicUsize>> =
+    std::sync::LazyLock::new(|| Arc::new(AtomicUsize::new(0)));
+
+/// Writes the poison pill (`qc`) into `target`'s slot on every shared path, each write bounded
+/// by `storage.write_timeout`, on a thread of its own; `done(true)` when every path took it.
+pub fn write_pill(
+    cfg: Arc<Config>,
+    target: MemberId,
+    qc: Arc<QuorumCertificate>,
+    done: impl FnOnce(bool) + Send + 'static,
+) {
+    let record = StorageRecord {
+        cluster: cfg.cluster.clone(),
+        digest: cfg.digest(),
+        body: StorageBody::PoisonPill((*qc).clone()),
+    };
+    let Ok(bytes) = peerfence_proto::encode_storage(&record) else {
+        done(false);
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("pf-pill".into())
+        .spawn(move || {
+            let mut ok = true;
+            for dir in &cfg.storage.paths {
+                let file = slot(Path::new(dir), cfg.roster.name(target), "pill");
+                let (f, b) = (file.clone(), bytes.clone());
+                match with_timeout(&PILL_ABANDONED, cfg.storage.write_timeout, move || {
+                    write_record(&f, &b)
+                }) {
+                    Ok(Ok(())) => {
+                        tracing::warn!(file = %file.display(), "poison pill written")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(file = %file.display(), error = %e, "cannot write the poison pill");
+                        ok = false;
+                    }
+                    Err(()) => {
+                        tracing::error!(file = %file.display(), "poison pill write did not complete in time");
+                        ok = false;
+                    }
+                }
+            }
+            done(ok);
+        });
+    if spawned.is_err() {
+        tracing::error!("cannot start the poison-pill thread");
+    }
+}
+
+/// Removes `target`'s pill slot on every path (best effort, bounded, on a thread of its own).
+pub fn clear_pill(cfg: Arc<Config>, target: MemberId) {
+    let _ = std::thread::Builder::new()
+        .name("pf-pill-clear".into())
+        .spawn(move || {
+            for dir in &cfg.storage.paths {
+                let file = slot(Path::new(dir), cfg.roster.name(target), "pill");
+                let f = file.clone();
+                let r = with_timeout(&PILL_ABANDONED, cfg.storage.write_timeout, move || {
+                    match std::fs::remove_file(&f) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                        _ => Ok(()),
+                    }
+                });
+                if !matches!(r, Ok(Ok(()))) {
+                    tracing::warn!(file = %file.display(), "could not clear the poison-pill slot");
+                }
+            }
+        });
+}
+
 /// Starts the writer and reader of every shared path.
 pub fn spawn(
     cfg: Arc<Config>,

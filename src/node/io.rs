@@ -65,6 +65,10 @@ pub enum OperatorCommand {
         /// The host.
         target: MemberId,
     },
+    /// Something on this host (CloudStack's heartbeat script, `-c`) believes this host should
+    /// fence itself. It never acts by itself: when every storage path is Failed, the grace
+    /// period is waived and the quorum is asked at once; otherwise it is noted and refused.
+    SelfFenceRequest,
 }
 
 /// Everything a node reacts to.
@@ -132,6 +136,15 @@ pub enum Input {
         member: MemberId,
         /// Its power.
         state: PowerState,
+    },
+    /// The periodic `monitor` of a host's fence device for one level.
+    FenceDevice {
+        /// The host whose device it is.
+        member: MemberId,
+        /// Fence level index.
+        level: u8,
+        /// The device answered.
+        ok: bool,
     },
     /// An operator's request.
     Operator(OperatorCommand),
@@ -233,6 +246,54 @@ pub enum WatchdogStopReason {
     NoStorageNoQuorum,
     /// Told to die in this boot (poison pill, VM-stopping self-fence).
     FenceOrdered,
+}
+
+/// The answer to a local self-fence request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SelfFenceAnswer {
+    /// Every storage path is Failed: the quorum is being asked now (it may still refuse).
+    AskingQuorum,
+    /// This host's own storage heartbeat works: nothing to do. Should it fail, the host asks
+    /// the quorum by itself.
+    StorageHealthy,
+    /// `self_fence.action` is `log-only` or `none`: nothing would be done.
+    NoAction,
+    /// Disarmed, observe mode or maintenance: nothing would be done.
+    Blocked(SelfFenceBlock),
+}
+
+impl SelfFenceAnswer {
+    /// Whether the request was taken (the quorum decides from here).
+    pub fn accepted(self) -> bool {
+        matches!(
+            self,
+            SelfFenceAnswer::AskingQuorum | SelfFenceAnswer::StorageHealthy
+        )
+    }
+
+    /// One sentence for the requester.
+    pub fn explain(self) -> &'static str {
+        match self {
+            SelfFenceAnswer::AskingQuorum => {
+                "every storage path of this host has failed: asking the healthy peers to agree to the configured self-fence action now"
+            }
+            SelfFenceAnswer::StorageHealthy => {
+                "peerfence's own storage heartbeat on this host works: no self-fence; if it fails, peerfence asks the quorum by itself"
+            }
+            SelfFenceAnswer::NoAction => {
+                "self_fence.action is log-only or none: peerfence will not act on this host"
+            }
+            SelfFenceAnswer::Blocked(SelfFenceBlock::Maintenance) => {
+                "this host is in maintenance: no self-fence"
+            }
+            SelfFenceAnswer::Blocked(SelfFenceBlock::NotArmed) => {
+                "the cluster is disarmed or in observe mode: no self-fence"
+            }
+            SelfFenceAnswer::Blocked(SelfFenceBlock::NoQuorum) => {
+                "no quorum of healthy peers agrees: no self-fence"
+            }
+        }
+    }
 }
 
 /// Why a self-fence did not happen.
@@ -445,6 +506,11 @@ pub enum Event {
         target: MemberId,
         /// Accepted.
         accepted: bool,
+    },
+    /// A local self-fence request ([`OperatorCommand::SelfFenceRequest`]) was answered.
+    SelfFenceRequestAnswered {
+        /// The answer.
+        answer: SelfFenceAnswer,
     },
     /// This node's eligibility changed.
     EligibilityChanged {

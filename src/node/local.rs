@@ -41,6 +41,8 @@ pub(super) struct SelfFenceState {
     pill_acted: bool,
     stale_pill_reported: bool,
     forged_pill_reported: bool,
+    /// A local request waived the grace period for this incident.
+    grace_waived: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -95,9 +97,11 @@ impl Node {
             s.requested = false;
             s.blocked = false;
             s.log_only = false;
+            s.grace_waived = false;
             return;
         };
-        if self.now.saturating_since(since) < cfg.self_fence.grace || self.self_fence.done {
+        let waited = self.now.saturating_since(since) >= cfg.self_fence.grace;
+        if !(waited || self.self_fence.grace_waived) || self.self_fence.done {
             return;
         }
         if self.durable.in_maintenance(self.me) {
@@ -129,6 +133,30 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// A local request to self-fence (see [`super::OperatorCommand::SelfFenceRequest`]). It can
+    /// only shorten the wait: the storage must be Failed in this node's own view and a quorum
+    /// of healthy peers must still agree.
+    pub(super) fn self_fence_request(&mut self) -> super::SelfFenceAnswer {
+        use super::SelfFenceAnswer as A;
+        let cfg = self.cfg.clone();
+        if !matches!(cfg.self_fence.action, SelfFenceSetting::Act(_)) {
+            return A::NoAction;
+        }
+        if self.durable.in_maintenance(self.me) {
+            return A::Blocked(SelfFenceBlock::Maintenance);
+        }
+        if !self.durable.armed.armed || cfg.mode == Mode::Observe {
+            return A::Blocked(SelfFenceBlock::NotArmed);
+        }
+        if self.local.all_failed_since(&cfg, self.now).is_none() {
+            return A::StorageHealthy;
+        }
+        self.self_fence.grace_waived = true;
+        self.self_fence.next_try = self.now;
+        self.self_fence_step();
+        A::AskingQuorum
     }
 
     fn block_self_fence(&mut self, reason: SelfFenceBlock) {

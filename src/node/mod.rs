@@ -120,6 +120,9 @@ pub struct PeerStatus {
     pub isolation: Option<IsolationHealth>,
     /// Power state.
     pub power: PowerState,
+    /// Last `monitor` result of each fence level's device (`null`: not known or not an agent
+    /// level).
+    pub fence_devices: Vec<Option<bool>>,
     /// In maintenance.
     pub maintenance: bool,
     /// Failed fence attempts on its current boot.
@@ -339,6 +342,16 @@ impl Node {
             Input::FenceResult { id, result } => self.on_fence_result(id, result),
             Input::PillWritten { id, ok } => self.on_pill_written(id, ok),
             Input::PowerStatus { member, state } => self.on_power_status(member, state),
+            Input::FenceDevice { member, level, ok } => {
+                let levels = self.cfg.fencing.levels.len();
+                if !self.cfg.roster.contains(member) || usize::from(level) >= levels {
+                    self.stats.drop("bad_fence_device");
+                } else {
+                    let d = &mut self.peers[member.index()].devices;
+                    d.resize(levels, None);
+                    d[usize::from(level)] = Some(ok);
+                }
+            }
             Input::Operator(cmd) => self.on_operator(cmd),
             Input::Shutdown => self.shutdown(),
         }
@@ -433,6 +446,7 @@ impl Node {
                     storage: fresh.map(|h| h.storage.clone()),
                     isolation: fresh.map(|h| h.isolation),
                     power: p.power,
+                    fence_devices: p.devices.clone(),
                     maintenance: self.durable.in_maintenance(m),
                     attempts: p.attempts,
                 }
@@ -811,6 +825,10 @@ impl Node {
                 self.swim.broadcast(&Broadcast::Arm(a));
                 self.emit(Event::ArmChanged { armed, by: self.me });
             }
+            OperatorCommand::SelfFenceRequest => {
+                let answer = self.self_fence_request();
+                self.emit(Event::SelfFenceRequestAnswered { answer });
+            }
             OperatorCommand::ManualFence { target } => {
                 let ok = self.cfg.roster.contains(target) && target != self.me;
                 if ok {
@@ -1038,6 +1056,7 @@ impl Node {
                 fencing,
                 failed: p.failed,
                 retry_pending: p.next_retry_at.is_some_and(|t| t > self.now),
+                device_down: p.devices.contains(&Some(false)),
             });
             if ha != p.ha {
                 let from = p.ha;

@@ -48,6 +48,8 @@ pub(super) struct Peer {
     /// An operator asked for a fence now.
     pub manual: bool,
     pub power: PowerState,
+    /// Last `monitor` result of each fence level's device for this host (`None`: not known).
+    pub devices: Vec<Option<bool>>,
     /// Boot already reported as "would fence" (observe mode), to report once.
     pub reported_would: Option<BootId>,
     /// Budget exhaustion reported for this boot.
@@ -81,6 +83,7 @@ impl Peer {
             inflight: None,
             manual: false,
             power: PowerState::Unknown,
+            devices: Vec::new(),
             reported_would: None,
             reported_budget: None,
             safe_reported: None,

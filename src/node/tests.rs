@@ -1084,3 +1084,55 @@ fn a_self_fence_is_called_off_when_storage_returns_during_the_round() {
             .any(|e| matches!(e, Event::RoundAbandoned { .. }))
     );
 }
+
+#[test]
+fn a_local_self_fence_request_only_waives_the_grace_and_still_needs_the_quorum() {
+    let answer = |c: &Cluster, i: usize| {
+        c.events(i)
+            .filter_map(|e| match e {
+                Event::SelfFenceRequestAnswered { answer } => Some(*answer),
+                _ => None,
+            })
+            .last()
+    };
+    let mut c = settled(5, |r| r.self_fence.grace = Some("120s".into()));
+    // Healthy storage: noted, nothing happens.
+    c.handle(1, Input::Operator(OperatorCommand::SelfFenceRequest));
+    assert_eq!(answer(&c, 1), Some(SelfFenceAnswer::StorageHealthy));
+    // Its storage fails; long before the 120 s grace, the request makes it ask the quorum.
+    c.writing[1] = false;
+    c.run_for(Duration::from_secs(15));
+    assert!(!c.log[1].iter().any(|o| matches!(o, Output::SelfFence(_))));
+    c.handle(1, Input::Operator(OperatorCommand::SelfFenceRequest));
+    assert_eq!(answer(&c, 1), Some(SelfFenceAnswer::AskingQuorum));
+    c.run_for(Duration::from_secs(5));
+    let acted: Vec<&Output> = c.log[1]
+        .iter()
+        .filter(|o| matches!(o, Output::SelfFence(_)))
+        .collect();
+    assert_eq!(acted.len(), 1, "the quorum agreed once");
+    let Output::SelfFence(cmd) = acted[0] else {
+        unreachable!()
+    };
+    assert_eq!(KeyRing::new(&c.cfg).verify_certificate(&cmd.qc), Ok(()));
+
+    // With every host's storage gone (common mode), the request changes nothing.
+    let mut c = settled(5, |r| r.self_fence.grace = Some("120s".into()));
+    c.writing.iter_mut().for_each(|w| *w = false);
+    c.run_for(Duration::from_secs(15));
+    c.handle(1, Input::Operator(OperatorCommand::SelfFenceRequest));
+    assert_eq!(answer(&c, 1), Some(SelfFenceAnswer::AskingQuorum));
+    c.run_for(Duration::from_secs(20));
+    assert!(
+        c.log
+            .iter()
+            .flatten()
+            .all(|o| !matches!(o, Output::SelfFence(_) | Output::Fence(_)))
+    );
+
+    // log-only: refused, explained.
+    let mut c = settled(3, |r| r.self_fence.action = Some("log-only".into()));
+    c.handle(0, Input::Operator(OperatorCommand::SelfFenceRequest));
+    assert_eq!(answer(&c, 0), Some(SelfFenceAnswer::NoAction));
+    assert!(!SelfFenceAnswer::NoAction.accepted());
+}

@@ -4,6 +4,8 @@
 // Tests write files and wait on processes; the sans-IO rule of clippy.toml is about the library.
 #![allow(clippy::disallowed_methods)]
 
+pub mod bmc;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,271 @@
+//! Fence execution with real daemons on loopback and the built-in simulated agent
+//! (`peerfence agent sim`): a hung host is fenced by quorum and confirmed Off; a fence device
+//! that is down shows in the HA state before anything fails; the poison pill fences a host whose
+//! "BMC" is down and confirms only after the watchdog deadline; a frozen host that wakes up and
+//! finds a pill naming its boot powers itself off and stops feeding its watchdog. Self-fence
+//! actions go to the `record` executor and the watchdog to a fake device (a plain file), so
+//! nothing on the test machine is rebooted.
+//!
+//! A "host" is one daemon process; it is hung with SIGSTOP (power still on, nothing answers).
+
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
+/// Starts member `i` and writes its pid where the simulated agent looks for "the host".
+fn start_host(c: &mut Cluster, i: usize) -> u32 {
+    c.start(i);
+    let pid = c.members[i].child.as_ref().unwrap().id();
+    std::fs::write(
+        c.dir.join(format!("hosts/{}.pid", c.members[i].name)),
+        pid.to_string(),
+    )
+    .unwrap();
+    pid
+}
+
+/// The `[agents.NAME]` section for the simulated agent, one pid file per host.
+fn sim_agent(name: &str, dir: &Path, n: usize, extra: &str) -> String {
+    let bin = env!("CARGO_BIN_EXE_peerfence");
+    let d = dir.display();
+    let mut s = format!(
+        "[agents.{name}]\ncommand = [\"{bin}\", \"agent\", \"sim\"]\naction_timeout = \"3s\"\nmonitor_interval = \"1s\"\npower_status_interval = \"1s\"\n{extra}\n"
+    );
+    for i in 0..n {
+        s.push_str(&format!(
+            "[agents.{name}.hosts.n{i}]\npid_file = \"{d}/hosts/n{i}.pid\"\ndown_file = \"{d}/hosts/n{i}.down\"\n"
+        ));
+    }
+    s
+}
+
+fn ha(c: &Cluster, i: usize, j: usize) -> Option<String> {
+    c.view(i, j)
+        .and_then(|v| v["ha"].as_str().map(str::to_owned))
+}
+
+fn wait_ha(c: &Cluster, i: usize, j: usize, want: &str, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    wait_for(limit, || {
+        (ha(c, i, j).as_deref() == Some(want)).then(|| t.elapsed())
+    })
+}
+
+fn prepare(c: &Cluster) {
+    std::fs::create_dir_all(c.dir.join("hosts")).unwrap();
+}
+
+#[test]
+fn a_hung_host_is_fenced_by_quorum_through_its_agent_and_confirmed_off() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let n = 4;
+    let mut c = Cluster::new_with("fence-agent", n, "enforce", |_, dir| {
+        format!(
+            "[fencing]\nlevels = [{{ name = \"sim\", kind = \"agent\", timeout = \"10s\" }}]\nstartup_quiet_period = \"5s\"\n\n{}",
+            sim_agent("sim", dir, n, "")
+        )
+    });
+    prepare(&c);
+    let pids: Vec<u32> = (0..n).map(|i| start_host(&mut c, i)).collect();
+    let all: Vec<usize> = (0..n).collect();
+    assert!(
+        wait_for(Duration::from_secs(30), || all_alive(&c, &all)
+            .then_some(()))
+        .is_some(),
+        "cluster did not form"
+    );
+    // Power is polled through the agent, and every device answers its monitor.
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let v = c.view(0, 3)?;
+            (v["power"] == "On" && v["fence_devices"][0] == true && v["ha"] == "Available")
+                .then_some(())
+        })
+        .is_some(),
+        "{:?}",
+        c.view(0, 3)
+    );
+
+    // A fence device that is down is said before anything fails, and recovers.
+    let down = c.dir.join("hosts/n2.down");
+    std::fs::write(&down, "").unwrap();
+    let said = wait_ha(&c, 0, 2, "FenceDeviceDown", Duration::from_secs(20));
+    assert!(said.is_some(), "{:?}", c.view(0, 2));
+    std::fs::remove_file(&down).unwrap();
+    assert!(wait_ha(&c, 0, 2, "Available", Duration::from_secs(20)).is_some());
+
+    // Host n3 hangs: it is fenced by the quorum through its agent and confirmed Off.
+    let hung = Instant::now();
+    signal(pids[3], "-STOP");
+    let fenced = wait_for(Duration::from_secs(60), || {
+        (0..3)
+            .all(|i| ha(&c, i, 3).as_deref() == Some("Fenced"))
+            .then(|| hung.elapsed())
+    });
+    let logs: String = (0..3).map(|i| c.log(i)).collect();
+    assert!(fenced.is_some(), "{:?}\n{logs}", c.view(0, 3));
+    eprintln!(
+        "hung host fenced and confirmed Off after {:?}",
+        fenced.unwrap()
+    );
+    assert_eq!(c.view(0, 3).unwrap()["power"], "Off");
+    // The agent really powered it off: the process is gone (killed by SIGKILL).
+    let child = c.members[3].child.as_mut().unwrap();
+    let status = wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());
+    assert!(status.is_some_and(|s| !s.success()));
+    assert!(logs.contains("fence agent finished"), "{logs}");
+    // Exactly one member ran it.
+    let executors = (0..3)
+        .filter(|&i| c.log(i).contains("FenceStarted"))
+        .count();
+    assert_eq!(executors, 1, "{logs}");
+}
+
+fn pill_cluster(tag: &str) -> Cluster {
+    let n = 4;
+    Cluster::new_with(tag, n, "enforce", |i, dir| {
+        let d = dir.display();
+        format!(
+            r#"[fencing]
+levels = [{{ name = "bmc", kind = "agent", timeout = "3s" }}, {{ name = "pill", kind = "poison-pill" }}]
+startup_quiet_period = "5s"
+
+[watchdog]
+enabled = true
+timeout = "4s"
+feed_interval = "1s"
+contact_timeout = "3s"
+contact_interval = "1s"
+
+[local_actions]
+executor = "record"
+record_file = "{d}/actions/n{i}"
+watchdog_device = "{d}/wd/n{i}"
+
+{}"#,
+            sim_agent("bmc", dir, n, "retries = 0")
+        )
+    })
+}
+
+fn prepare_pill(c: &Cluster) {
+    prepare(c);
+    for d in ["actions", "wd"] {
+        std::fs::create_dir_all(c.dir.join(d)).unwrap();
+    }
+    for m in &c.members {
+        std::fs::write(c.dir.join(format!("wd/{}", m.name)), "").unwrap();
+    }
+    // n3's BMC is unreachable from the start.
+    std::fs::write(c.dir.join("hosts/n3.down"), "").unwrap();
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+#[test]
+fn the_poison_pill_fences_a_host_whose_bmc_is_down_and_confirms_at_the_watchdog_deadline() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = pill_cluster("pill");
+    prepare_pill(&c);
+    let pids: Vec<u32> = (0..4).map(|i| start_host(&mut c, i)).collect();
+    let all: Vec<usize> = (0..4).collect();
+    assert!(
+        wait_for(Duration::from_secs(30), || all_alive(&c, &all)
+            .then_some(()))
+        .is_some()
+    );
+    // Every member feeds its (fake) watchdog.
+    let wd3 = c.dir.join("wd/n3");
+    assert!(
+        wait_for(Duration::from_secs(10), || (file_len(&wd3) >= 3)
+            .then_some(()))
+        .is_some()
+    );
+    assert!(wait_ha(&c, 0, 3, "FenceDeviceDown", Duration::from_secs(20)).is_some());
+
+    signal(pids[3], "-STOP");
+    let pill = c.dir.join("shared/n3.pill");
+    let written = wait_for(Duration::from_secs(60), || pill.exists().then(Instant::now));
+    assert!(written.is_some(), "no pill written:\n{}", c.log(0));
+    let written = written.unwrap();
+    // Confirmation waits for the deadline: the frozen host's watchdog (4 s) must have fired.
+    let confirmed = wait_for(Duration::from_secs(60), || {
+        (ha(&c, 0, 3).as_deref() == Some("Fenced")).then(|| written.elapsed())
+    });
+    let logs: String = (0..3).map(|i| c.log(i)).collect();
+    assert!(confirmed.is_some(), "{logs}");
+    let waited = confirmed.unwrap();
+    eprintln!("pill written → confirmed after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(4 + 3),
+        "confirmed too early: {waited:?}"
+    );
+    assert!(logs.contains("WatchdogDeadline"), "{logs}");
+    assert!(
+        logs.contains("LevelFailed"),
+        "the BMC level must have failed first"
+    );
+    // The pill is cleared once the outcome is known.
+    assert!(wait_for(Duration::from_secs(10), || (!pill.exists()).then_some(())).is_some());
+    signal(pids[3], "-CONT");
+}
+
+#[test]
+fn a_frozen_host_that_wakes_up_to_a_pill_for_its_boot_powers_off_and_stops_its_watchdog() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = pill_cluster("pill-wake");
+    prepare_pill(&c);
+    let pids: Vec<u32> = (0..4).map(|i| start_host(&mut c, i)).collect();
+    let all: Vec<usize> = (0..4).collect();
+    assert!(
+        wait_for(Duration::from_secs(30), || all_alive(&c, &all)
+            .then_some(()))
+        .is_some()
+    );
+    signal(pids[3], "-STOP");
+    let pill = c.dir.join("shared/n3.pill");
+    assert!(wait_for(Duration::from_secs(60), || pill.exists().then_some(())).is_some());
+    // It wakes up before the deadline and reads its slot.
+    signal(pids[3], "-CONT");
+    let record = c.dir.join("actions/n3");
+    let acted = wait_for(Duration::from_secs(15), || {
+        std::fs::read_to_string(&record)
+            .ok()
+            .filter(|t| t.contains("power-off PoisonPill"))
+    });
+    assert!(acted.is_some(), "{}", c.log(3));
+    // It stopped feeding for good: no magic close, no more keepalives.
+    let stopped = wait_for(Duration::from_secs(10), || {
+        c.status(3)
+            .filter(|s| s["watchdog"]["stopped"] == true)
+            .map(|_| ())
+    });
+    assert!(
+        stopped.is_some(),
+        "{:?}",
+        c.status(3).map(|s| s["watchdog"].clone())
+    );
+    let wd3 = c.dir.join("wd/n3");
+    let len = file_len(&wd3);
+    let after = wait_for(Duration::from_secs(3), || {
+        (file_len(&wd3) != len).then_some(())
+    });
+    assert!(after.is_none(), "keepalives went on after the pill");
+    assert!(!std::fs::read_to_string(&wd3).unwrap().ends_with('V'));
+    // Its peers never confirmed by deadline: its heartbeat moved after the pill.
+    assert_ne!(ha(&c, 0, 3).as_deref(), Some("Fenced"));
+}
