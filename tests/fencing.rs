@@ -120,7 +120,12 @@ fn a_hung_host_is_fenced_by_quorum_through_its_agent_and_confirmed_off() {
         "hung host fenced and confirmed Off after {:?}",
         fenced.unwrap()
     );
-    assert_eq!(c.view(0, 3).unwrap()["power"], "Off");
+    assert!(
+        wait_for(Duration::from_secs(10), || (c.view(0, 3)?["power"]
+            == "Off")
+            .then_some(()))
+        .is_some()
+    );
     // The agent really powered it off: the process is gone (killed by SIGKILL).
     let child = c.members[3].child.as_mut().unwrap();
     let status = wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());

@@ -164,26 +164,41 @@ pub fn write_pill(
     }
 }
 
-/// Removes `target`'s pill slot on every path (best effort, bounded, on a thread of its own).
+/// Removes `target`'s pill slot on every path, on a thread of its own. Each try is bounded by
+/// `storage.write_timeout`; a path that fails is tried again with back-off (1 s doubling to
+/// 16 s, at most [`PILL_CLEAR_TRIES`] tries), since a pill left behind for a host that was
+/// found alive would fence it when it next reads its slot.
 pub fn clear_pill(cfg: Arc<Config>, target: MemberId) {
     let _ = std::thread::Builder::new()
         .name("pf-pill-clear".into())
         .spawn(move || {
             for dir in &cfg.storage.paths {
                 let file = slot(Path::new(dir), cfg.roster.name(target), "pill");
-                let f = file.clone();
-                let r = with_timeout(&PILL_ABANDONED, cfg.storage.write_timeout, move || {
-                    match std::fs::remove_file(&f) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                        _ => Ok(()),
+                let mut wait = Duration::from_secs(1);
+                for attempt in 1..=PILL_CLEAR_TRIES {
+                    let f = file.clone();
+                    let r = with_timeout(&PILL_ABANDONED, cfg.storage.write_timeout, move || {
+                        match std::fs::remove_file(&f) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                            _ => Ok(()),
+                        }
+                    });
+                    if matches!(r, Ok(Ok(()))) {
+                        break;
                     }
-                });
-                if !matches!(r, Ok(Ok(()))) {
-                    tracing::warn!(file = %file.display(), "could not clear the poison-pill slot");
+                    tracing::warn!(file = %file.display(), attempt, "could not clear the poison-pill slot; retrying");
+                    if attempt == PILL_CLEAR_TRIES {
+                        tracing::error!(file = %file.display(), "giving up clearing the poison-pill slot: remove it by hand once the storage answers");
+                    }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(16));
                 }
             }
         });
 }
+
+/// Tries to clear one pill slot before giving up (about two minutes with the back-off).
+pub const PILL_CLEAR_TRIES: u32 = 10;
 
 /// Starts the writer and reader of every shared path.
 pub fn spawn(
