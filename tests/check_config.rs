@@ -37,7 +37,6 @@ fn problems_are_listed_with_field_value_and_rule() {
     let broken = example
         .replace("probe_rtt = \"300ms\"", "probe_rtt = \"2s\"")
         .replace("activity_timeout = \"5s\"", "activity_timeout = \"2s\"")
-        .replace("action = \"log-only\"", "action = \"reboot\"")
         .replace("address = \"10.0.0.12:7946\"", "address = \"kvm02\"")
         .replace("name = \"kvm01\"  ", "name = \"kvm09\"  ");
     let path = dir.join("broken.toml");
@@ -50,7 +49,6 @@ fn problems_are_listed_with_field_value_and_rule() {
         "{err}"
     );
     assert!(err.contains("storage.activity_timeout = \"2s\""), "{err}");
-    assert!(err.contains("self_fence.action = \"reboot\""), "{err}");
     assert!(
         err.contains("cluster.members[1].address = \"kvm02\": must be an ip:port"),
         "{err}"
@@ -59,6 +57,28 @@ fn problems_are_listed_with_field_value_and_rule() {
         err.contains("node.name = \"kvm09\": must be one of cluster.members"),
         "{err}"
     );
+    // Agent sections are checked once the core's part is valid.
+    let agents = example
+        .replace("[agents.ipmi.hosts.kvm03]", "[agents.ipmi.hosts.kvm09]")
+        .replace(
+            "params = { username = \"admin\",",
+            "params = { action = \"reboot\", username = \"admin\",",
+        );
+    std::fs::write(&path, agents).unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("agents.ipmi.hosts.kvm09 = \"kvm09\": must be one of cluster.members"),
+        "{err}"
+    );
+    // A stray action would make fence-agents reboot: refused, with the reason.
+    assert!(
+        err.contains("agents.ipmi.params.action = \"\\\"reboot\\\"\"")
+            || err.contains("agents.ipmi.params.action"),
+        "{err}"
+    );
+    assert!(err.contains("set by peerfence on every call"), "{err}");
     let out = check(&dir.join("missing.toml"));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));

@@ -1,10 +1,11 @@
 //! `peerfence cloudstack-heartbeat` against real daemons on loopback: read mode says ALIVE for a
 //! running member and DEAD once a killed member's storage heartbeat has stopped, write mode
-//! follows the local storage heartbeat, an unknown host exits 2 and a missing daemon exits 3.
+//! follows the local storage heartbeat, `-c` is refused when the daemon would do nothing, an
+//! unknown host exits 2 and a missing daemon exits 3.
 //!
 //! Every member here shares 127.0.0.1, so HOST is given by member name; matching by IP is covered
-//! by the unit tests in src/daemon/cloudstack.rs. The `-c` path needs the daemon's
-//! `POST /v1/local/self-fence-request`; its unit tests run against a stand-in server until then.
+//! by the unit tests in src/daemon/cloudstack.rs. `-c` is checked here only as refused (the test
+//! configuration's self-fence action is log-only); the unit tests cover an accepted answer.
 
 // Tests write files and wait on processes; the sans-IO rule of clippy.toml is about the library.
 #![allow(clippy::disallowed_methods)]
@@ -103,6 +104,16 @@ fn read_and_write_modes_follow_the_daemons_view() {
     for m in ["kvm-nowhere", "n0", "n1", "n2"] {
         assert!(err.contains(m), "{err}");
     }
+
+    // Fence mode only asks the daemon; here self_fence is log-only, so it refuses: exit 1.
+    let o = heartbeat(
+        &["-i", "10.0.0.1", "-p", "/export", "-m", "/mnt/x", "-c"],
+        &n0,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert!(o.stdout.is_empty(), "{}", describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("self-fence request refused"), "{err}");
 
     // Kill n1: once n0 sees its heartbeat stop, read mode says DEAD (exit 0, as the original).
     c.kill(1);

@@ -274,3 +274,45 @@ fn a_frozen_host_that_wakes_up_to_a_pill_for_its_boot_powers_off_and_stops_its_w
     // Its peers never confirmed by deadline: its heartbeat moved after the pill.
     assert_ne!(ha(&c, 0, 3).as_deref(), Some("Fenced"));
 }
+
+/// Waits for member `i` to exit; returns its exit status and log.
+fn exit_of(c: &mut Cluster, i: usize) -> (Option<std::process::ExitStatus>, String) {
+    let child = c.members[i].child.as_mut().unwrap();
+    let status = wait_for(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    (status, c.log(i))
+}
+
+#[test]
+fn the_daemon_refuses_unknown_agent_parameters_and_a_missing_watchdog() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // A parameter the agent's metadata does not list stops the start, naming the field.
+    let mut c = Cluster::new_with("refuse-param", 3, "enforce", |_, dir| {
+        format!(
+            "[fencing]\nlevels = [{{ name = \"sim\", kind = \"agent\", timeout = \"10s\" }}]\n\n{}",
+            sim_agent("sim", dir, 3, "params = { pid_fil = \"/tmp/typo\" }")
+        )
+    });
+    prepare(&c);
+    c.start(0);
+    let (status, log) = exit_of(&mut c, 0);
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(log.contains("agents.sim.params.pid_fil"), "{log}");
+    assert!(
+        log.contains("pid_file"),
+        "the known parameters are listed: {log}"
+    );
+    drop(c);
+
+    // watchdog.enabled with a device that cannot be opened: refused, saying why.
+    let mut c = Cluster::new_with("refuse-watchdog", 3, "enforce", |_, dir| {
+        format!(
+            "[watchdog]\nenabled = true\n\n[local_actions]\nwatchdog_device = \"{}/no-such-watchdog\"\n",
+            dir.display()
+        )
+    });
+    c.start(0);
+    let (status, log) = exit_of(&mut c, 0);
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(log.contains("no-such-watchdog"), "{log}");
+    assert!(log.contains("refusing to start"), "{log}");
+}

@@ -502,7 +502,7 @@ pub fn execute(args: &Args, endpoint: &str) -> Result<Report, Failure> {
                 .send(body.as_str());
             let reason = fence_answer(&answer(&url, response)?)?;
             Ok(Report {
-                stdout: Some(format!("self-fence request accepted: {reason}")),
+                stdout: Some(format!("peerfence: {reason}")),
                 stderr: None,
             })
         }
@@ -933,10 +933,7 @@ mod tests {
     fn fence_posts_the_request_and_reports_acceptance() {
         let (port, server) = one_shot("200 OK", r#"{"accepted":true,"reason":"a quorum agreed"}"#);
         let report = execute(&fence_args(), &format!("http://127.0.0.1:{port}")).unwrap();
-        assert_eq!(
-            report.stdout.as_deref(),
-            Some("self-fence request accepted: a quorum agreed")
-        );
+        assert_eq!(report.stdout.as_deref(), Some("peerfence: a quorum agreed"));
         let (head, body) = server.join().unwrap();
         assert!(
             head.starts_with("POST /v1/local/self-fence-request HTTP/1.1\r\n"),

@@ -177,6 +177,7 @@ members = [
 paths = ["{d}/shared"]
 
 {self_fence}
+{fencing}
 [http]
 listen = "127.0.0.1:{http}"
 {tweak}
@@ -184,6 +185,16 @@ listen = "127.0.0.1:{http}"
                 name = m.name,
                 http = m.http,
                 roster = roster.join("\n"),
+                // Agent levels need their agent: unless the tail sets its own levels, one level
+                // run by the simulated agent (no host processes: it only ever fails).
+                fencing = if tweak.contains("[fencing]") {
+                    String::new()
+                } else {
+                    format!(
+                        "[fencing]\nlevels = [{{ name = \"sim\", kind = \"agent\", timeout = \"10s\" }}]\n\n[agents.sim]\ncommand = [\"{}\", \"agent\", \"sim\"]\nmonitor_interval = \"off\"\npower_status_interval = \"off\"\n",
+                        bin()
+                    )
+                },
                 self_fence = if tweak.contains("[self_fence]") {
                     ""
                 } else {
