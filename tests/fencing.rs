@@ -98,11 +98,18 @@ fn a_hung_host_is_fenced_by_quorum_through_its_agent_and_confirmed_off() {
         c.view(0, 3)
     );
 
-    // A fence device that is down is said before anything fails, and recovers.
+    // A fence device that is down is said before anything fails (in its peers' HA state and
+    // in its own status), and recovers.
     let down = c.dir.join("hosts/n2.down");
     std::fs::write(&down, "").unwrap();
     let said = wait_ha(&c, 0, 2, "FenceDeviceDown", Duration::from_secs(20));
     assert!(said.is_some(), "{:?}", c.view(0, 2));
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            (c.status(2)?["node"]["fence_devices"][0] == false).then_some(())
+        })
+        .is_some()
+    );
     std::fs::remove_file(&down).unwrap();
     assert!(wait_ha(&c, 0, 2, "Available", Duration::from_secs(20)).is_some());
 

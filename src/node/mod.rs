@@ -160,6 +160,8 @@ pub struct NodeStatus {
     pub storm: bool,
     /// Watchdog being fed.
     pub watchdog_feeding: bool,
+    /// Last `monitor` result of this host's own fence devices, per level (`null`: not known).
+    pub fence_devices: Vec<Option<bool>>,
     /// Budget slots reserved in the current window.
     pub budget_used: usize,
     /// Budget per window.
@@ -467,6 +469,7 @@ impl Node {
             mode: self.cfg.mode,
             storm: self.storm.on,
             watchdog_feeding: self.watchdog.feeding,
+            fence_devices: self.peers[self.me.index()].devices.clone(),
             budget_used: self.durable.slots.len(),
             budget: self.cfg.fencing.budget.get(),
             fences_in_flight: self.fences_in_flight(),
