@@ -79,13 +79,7 @@ fn a_hung_host_is_fenced_by_quorum_through_its_agent_and_confirmed_off() {
     });
     prepare(&c);
     let pids: Vec<u32> = (0..n).map(|i| start_host(&mut c, i)).collect();
-    let all: Vec<usize> = (0..n).collect();
-    assert!(
-        wait_for(Duration::from_secs(30), || all_alive(&c, &all)
-            .then_some(()))
-        .is_some(),
-        "cluster did not form"
-    );
+    assert_cluster_forms(&c);
     // Power is polled through the agent, and every device answers its monitor.
     assert!(
         wait_for(Duration::from_secs(20), || {
@@ -148,25 +142,13 @@ fn a_hung_host_is_fenced_by_quorum_through_its_agent_and_confirmed_off() {
 fn pill_cluster(tag: &str) -> Cluster {
     let n = 4;
     Cluster::new_with(tag, n, "enforce", |i, dir| {
-        let d = dir.display();
         format!(
             r#"[fencing]
 levels = [{{ name = "bmc", kind = "agent", timeout = "3s" }}, {{ name = "pill", kind = "poison-pill" }}]
 startup_quiet_period = "5s"
-
-[watchdog]
-enabled = true
-timeout = "4s"
-feed_interval = "1s"
-contact_timeout = "3s"
-contact_interval = "1s"
-
-[local_actions]
-executor = "record"
-record_file = "{d}/actions/n{i}"
-watchdog_device = "{d}/wd/n{i}"
-
+{}
 {}"#,
+            fake_watchdog_sections(i, dir),
             sim_agent("bmc", dir, n, "retries = 0")
         )
     })
@@ -174,12 +156,7 @@ watchdog_device = "{d}/wd/n{i}"
 
 fn prepare_pill(c: &Cluster) {
     prepare(c);
-    for d in ["actions", "wd"] {
-        std::fs::create_dir_all(c.dir.join(d)).unwrap();
-    }
-    for m in &c.members {
-        std::fs::write(c.dir.join(format!("wd/{}", m.name)), "").unwrap();
-    }
+    make_fake_watchdogs(c);
     // n3's BMC is unreachable from the start.
     std::fs::write(c.dir.join("hosts/n3.down"), "").unwrap();
 }
@@ -194,14 +171,9 @@ fn the_poison_pill_fences_a_host_whose_bmc_is_down_and_confirms_at_the_watchdog_
     let mut c = pill_cluster("pill");
     prepare_pill(&c);
     let pids: Vec<u32> = (0..4).map(|i| start_host(&mut c, i)).collect();
-    let all: Vec<usize> = (0..4).collect();
-    assert!(
-        wait_for(Duration::from_secs(30), || all_alive(&c, &all)
-            .then_some(()))
-        .is_some()
-    );
+    assert_cluster_forms(&c);
     // Every member feeds its (fake) watchdog.
-    let wd3 = c.dir.join("wd/n3");
+    let wd3 = c.dir.join("wd-n3");
     assert!(
         wait_for(Duration::from_secs(10), || (file_len(&wd3) >= 3)
             .then_some(()))
@@ -242,18 +214,13 @@ fn a_frozen_host_that_wakes_up_to_a_pill_for_its_boot_powers_off_and_stops_its_w
     let mut c = pill_cluster("pill-wake");
     prepare_pill(&c);
     let pids: Vec<u32> = (0..4).map(|i| start_host(&mut c, i)).collect();
-    let all: Vec<usize> = (0..4).collect();
-    assert!(
-        wait_for(Duration::from_secs(30), || all_alive(&c, &all)
-            .then_some(()))
-        .is_some()
-    );
+    assert_cluster_forms(&c);
     signal(pids[3], "-STOP");
     let pill = c.dir.join("shared/n3.pill");
     assert!(wait_for(Duration::from_secs(60), || pill.exists().then_some(())).is_some());
     // It wakes up before the deadline and reads its slot.
     signal(pids[3], "-CONT");
-    let record = c.dir.join("actions/n3");
+    let record = c.dir.join("actions-n3");
     let acted = wait_for(Duration::from_secs(15), || {
         std::fs::read_to_string(&record)
             .ok()
@@ -271,7 +238,7 @@ fn a_frozen_host_that_wakes_up_to_a_pill_for_its_boot_powers_off_and_stops_its_w
         "{:?}",
         c.status(3).map(|s| s["watchdog"].clone())
     );
-    let wd3 = c.dir.join("wd/n3");
+    let wd3 = c.dir.join("wd-n3");
     let len = file_len(&wd3);
     let after = wait_for(Duration::from_secs(3), || {
         (file_len(&wd3) != len).then_some(())

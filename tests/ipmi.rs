@@ -96,10 +96,8 @@ fn rig(tag: &str, tweak: impl Fn(usize, &Path, &[u16]) -> String, n3_password: &
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut bmcs = Vec::new();
-    for i in 0..n {
-        // Fake watchdog devices (plain files) for the configurations that enable one.
-        std::fs::write(c.dir.join(format!("wd-n{i}")), "").unwrap();
-    }
+    // Fake watchdog devices, for the configurations that enable one.
+    make_fake_watchdogs(&c);
     for (i, port) in ports.iter().enumerate() {
         let hd = host_dir(&c, i);
         std::fs::create_dir_all(&hd).unwrap();
@@ -113,14 +111,7 @@ fn rig(tag: &str, tweak: impl Fn(usize, &Path, &[u16]) -> String, n3_password: &
         ));
     }
     let pids = (0..n).map(|i| start_host(&mut c, i)).collect();
-    let all: Vec<usize> = (0..n).collect();
-    assert!(
-        wait_for(Duration::from_secs(40), || all_alive(&c, &all)
-            .then_some(()))
-        .is_some(),
-        "cluster did not form:\n{}",
-        c.log(0)
-    );
+    assert_cluster_forms(&c);
     Rig { c, bmcs, pids }
 }
 
@@ -278,22 +269,7 @@ fn the_poison_pill_fences_a_host_whose_bmc_is_unreachable_after_the_deadline() {
     let mut r = rig(
         "ipmi-pill",
         |i, d, p| {
-            let dd = d.display();
-            let extra = format!(
-                r#"
-[watchdog]
-enabled = true
-timeout = "4s"
-feed_interval = "1s"
-contact_timeout = "3s"
-contact_interval = "1s"
-
-[local_actions]
-executor = "record"
-record_file = "{dd}/actions-n{i}"
-watchdog_device = "{dd}/wd-n{i}"
-"#
-            );
+            let extra = fake_watchdog_sections(i, d);
             config(d, p, levels, "power_timeout = \"4\"", &extra)
         },
         PASSWORD,

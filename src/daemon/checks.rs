@@ -96,7 +96,9 @@ impl IsolationState {
     }
 }
 
-fn every(interval: Duration, stop: &AtomicBool, mut f: impl FnMut() -> bool) {
+/// Calls `f` every `interval` (catching up without bursts when a call ran long) until `stop` is
+/// set or `f` returns false. The periodic threads of checks and storage heartbeats use it.
+pub(super) fn every(interval: Duration, stop: &AtomicBool, mut f: impl FnMut() -> bool) {
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if !f() {

@@ -27,23 +27,35 @@ pub async fn serve(listener: tokio::net::TcpListener, tx: mpsc::Sender<Msg>) {
     }
 }
 
-async fn cluster(State(tx): State<mpsc::Sender<Msg>>) -> Response {
+/// Asks the node's task a question and waits for its answer, 2 s at most each way. `Err` is the
+/// 503 to give when the node is busy, stopping or slow.
+async fn ask<T>(
+    tx: &mpsc::Sender<Msg>,
+    msg: impl FnOnce(oneshot::Sender<T>) -> Msg,
+) -> Result<T, Response> {
     let (reply, answer) = oneshot::channel();
-    let asked = tokio::time::timeout(Duration::from_secs(2), tx.send(Msg::Status(reply))).await;
+    let asked = tokio::time::timeout(Duration::from_secs(2), tx.send(msg(reply))).await;
     if !matches!(asked, Ok(Ok(()))) {
-        return (
+        return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "the node is busy or stopping; try again",
         )
-            .into_response();
+            .into_response());
     }
     match tokio::time::timeout(Duration::from_secs(2), answer).await {
-        Ok(Ok(v)) => Json(v).into_response(),
-        _ => (
+        Ok(Ok(v)) => Ok(v),
+        _ => Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "the node did not answer in time; try again",
         )
-            .into_response(),
+            .into_response()),
+    }
+}
+
+async fn cluster(State(tx): State<mpsc::Sender<Msg>>) -> Response {
+    match ask(&tx, Msg::Status).await {
+        Ok(v) => Json(v).into_response(),
+        Err(unavailable) => unavailable,
     }
 }
 
@@ -59,21 +71,8 @@ async fn self_fence_request(
         )
             .into_response();
     }
-    let (reply, answer) = oneshot::channel();
-    let asked = tokio::time::timeout(
-        Duration::from_secs(2),
-        tx.send(Msg::SelfFenceRequest(reply)),
-    )
-    .await;
-    if !matches!(asked, Ok(Ok(()))) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node is busy or stopping; try again",
-        )
-            .into_response();
-    }
-    match tokio::time::timeout(Duration::from_secs(2), answer).await {
-        Ok(Ok(a)) => {
+    match ask(&tx, Msg::SelfFenceRequest).await {
+        Ok(a) => {
             tracing::warn!(accepted = a.accepted(), answer = ?a, "local self-fence request (CloudStack heartbeat -c)");
             Json(serde_json::json!({
                 "accepted": a.accepted(),
@@ -82,10 +81,6 @@ async fn self_fence_request(
             }))
             .into_response()
         }
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node did not answer in time; try again",
-        )
-            .into_response(),
+        Err(unavailable) => unavailable,
     }
 }

@@ -249,9 +249,8 @@ fn writer(
     let file = slot(&dir, cfg.roster.name(me), "hb");
     let abandoned = Arc::new(AtomicUsize::new(0));
     let mut counter: u64 = 0;
-    let mut next = Instant::now();
     let mut failing = false;
-    while !stop.load(Ordering::Relaxed) {
+    super::checks::every(interval, &stop, || {
         counter += 1;
         let record = StorageRecord {
             cluster: cfg.cluster.clone(),
@@ -293,16 +292,10 @@ fn writer(
             .blocking_send(Msg::Input(Input::StorageWrite { path, outcome }))
             .is_err()
         {
-            return;
+            return false;
         }
-        next += interval;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else {
-            next = now;
-        }
-    }
+        true
+    });
 }
 
 fn reader(
@@ -316,9 +309,8 @@ fn reader(
     let interval = cfg.storage.heartbeat_interval;
     let timeout = cfg.storage.write_timeout;
     let abandoned = Arc::new(AtomicUsize::new(0));
-    let mut next = Instant::now();
     let mut warned = false;
-    while !stop.load(Ordering::Relaxed) {
+    super::checks::every(interval, &stop, || {
         let (c, d) = (cfg.clone(), dir.clone());
         let cycle = with_timeout(&abandoned, timeout, move || read_cycle(&c, &d, me));
         match cycle {
@@ -334,7 +326,7 @@ fn reader(
                         record,
                     };
                     if tx.blocking_send(Msg::Input(input)).is_err() {
-                        return;
+                        return false;
                     }
                 }
                 if let Some(pill) = cycle.pill {
@@ -343,7 +335,7 @@ fn reader(
                         pill: Some(pill),
                     };
                     if tx.blocking_send(Msg::Input(input)).is_err() {
-                        return;
+                        return false;
                     }
                 }
             }
@@ -360,14 +352,8 @@ fn reader(
                 }
             }
         }
-        next += interval;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else {
-            next = now;
-        }
-    }
+        true
+    });
 }
 
 /// Reads every member's slot and our own pill slot. A slot that cannot be read or decoded is

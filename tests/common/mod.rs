@@ -270,3 +270,43 @@ pub fn all_alive(c: &Cluster, running: &[usize]) -> bool {
             .all(|&j| c.view(i, j).is_some_and(|v| v["swim"] == "Alive"))
     })
 }
+
+/// Waits (up to 40 s) until every member sees every other Alive; panics with member 0's log.
+pub fn assert_cluster_forms(c: &Cluster) {
+    let all: Vec<usize> = (0..c.members.len()).collect();
+    assert!(
+        wait_for(Duration::from_secs(40), || all_alive(c, &all).then_some(())).is_some(),
+        "cluster did not form:\n{}",
+        c.log(0)
+    );
+}
+
+/// `[watchdog]` (enabled, short timings) and `[local_actions]` for member `i`: a fake watchdog
+/// device `DIR/wd-nI` (a plain file, see [`make_fake_watchdogs`]) and the `record` executor
+/// writing to `DIR/actions-nI`, so that nothing on the test machine is rebooted.
+pub fn fake_watchdog_sections(i: usize, dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+[watchdog]
+enabled = true
+timeout = "4s"
+feed_interval = "1s"
+contact_timeout = "3s"
+contact_interval = "1s"
+
+[local_actions]
+executor = "record"
+record_file = "{d}/actions-n{i}"
+watchdog_device = "{d}/wd-n{i}"
+"#
+    )
+}
+
+/// Creates the fake watchdog devices of [`fake_watchdog_sections`] (the daemon opens, not
+/// creates, its device).
+pub fn make_fake_watchdogs(c: &Cluster) {
+    for i in 0..c.members.len() {
+        std::fs::write(c.dir.join(format!("wd-n{i}")), "").unwrap();
+    }
+}
