@@ -14,7 +14,9 @@ pub mod certs;
 pub mod checks;
 pub mod cloudstack;
 pub mod config;
+pub mod events;
 pub mod fence;
+pub mod history;
 pub mod http;
 pub mod simagent;
 pub mod storage;
@@ -219,6 +221,14 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     };
     tracing::info!(boot = %boot, generation = node.generation(), "starting");
 
+    let levels: Vec<String> = core.fencing.levels.iter().map(|l| l.name.clone()).collect();
+    let events = events::EventLog::new(core.roster.name(cfg.me));
+    let history = Arc::new(std::sync::Mutex::new(history::History::default()));
+    history.lock().unwrap_or_else(|p| p.into_inner()).seed(
+        &node.durable().fence_log,
+        &core.roster,
+        &levels,
+    );
     let (tx, mut rx) = mpsc::channel::<Msg>(INBOX);
     let transport = transport::Transport::bind(cfg.listen, tls, cfg.addresses.clone(), tx.clone())
         .map_err(io(format!("cannot listen on {} (QUIC/UDP)", cfg.listen)))?;
@@ -233,6 +243,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         local: cfg.local.clone(),
         watchdog,
         answer: None,
+        events: events.clone(),
+        history: history.clone(),
+        levels: levels.clone(),
     };
     // The first output persists the new generation: nothing leaves before it is on disk.
     shell.drain(&mut node).await?;
@@ -320,6 +333,12 @@ struct Shell {
     watchdog: Option<watchdog::Feeder>,
     /// The last answer to a local self-fence request, picked up by the requester.
     answer: Option<SelfFenceAnswer>,
+    /// Every event, for the API, the dashboard and hooks.
+    events: Arc<events::EventLog>,
+    /// Fence rounds, for `GET /v1/fences`.
+    history: Arc<std::sync::Mutex<history::History>>,
+    /// Fence level names by index.
+    levels: Vec<String>,
 }
 
 impl Shell {
@@ -399,7 +418,16 @@ impl Shell {
                     if let Event::SelfFenceRequestAnswered { answer } = &e {
                         self.answer = Some(*answer);
                     }
-                    log_event(&node.config().roster, &e)
+                    let roster = &node.config().roster;
+                    log_event(roster, &e);
+                    self.history
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .on_event(&e, roster, &self.levels);
+                    let (message, details) = events::describe(&e, roster, &self.levels);
+                    let member = events::member_of(&e).map(|m| roster.name(m).to_owned());
+                    self.events
+                        .publish(events::kind_of(&e), member, message, details);
                 }
             }
         }
@@ -407,33 +435,8 @@ impl Shell {
     }
 }
 
-/// The member an event is about, to name it in the log.
-fn event_member(e: &Event) -> Option<peerfence_proto::MemberId> {
-    Some(match e {
-        Event::SwimChanged { member, .. }
-        | Event::HaChanged { member, .. }
-        | Event::Rebooted { member, .. }
-        | Event::PowerChanged { member, .. }
-        | Event::HostFoundOff { member }
-        | Event::MaintenanceChanged { member, .. } => *member,
-        Event::WouldFence { target, .. }
-        | Event::FenceConfirmed { target, .. }
-        | Event::SafeToRecover { target, .. }
-        | Event::FenceFailed { target, .. }
-        | Event::FenceAborted { target, .. }
-        | Event::LevelFailed { target, .. }
-        | Event::BudgetExhausted { target }
-        | Event::ManualFence { target, .. } => *target,
-        Event::Proposed { proposal }
-        | Event::Voted { proposal, .. }
-        | Event::RoundAbandoned { proposal, .. } => proposal.target,
-        Event::FenceStarted { qc, .. } => qc.proposal.target,
-        _ => return None,
-    })
-}
-
 fn log_event(roster: &crate::config::Roster, e: &Event) {
-    let member = event_member(e).map(|m| roster.name(m)).unwrap_or("-");
+    let member = events::member_of(e).map(|m| roster.name(m)).unwrap_or("-");
     match e {
         Event::WouldFence { .. }
         | Event::FenceStarted { .. }

@@ -515,6 +515,9 @@ impl Node {
             return;
         }
         let p = qc.proposal;
+        self.emit(Event::CertificateSeen {
+            qc: Arc::new(qc.clone()),
+        });
         if let Some(s) = p.budget_slot
             && self
                 .durable

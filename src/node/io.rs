@@ -369,6 +369,12 @@ pub enum Event {
         /// Attempt number.
         attempt: u16,
     },
+    /// A verified quorum certificate of another proposer was received: a fence (or self-fence)
+    /// of its target runs elsewhere under it. For history and operators; no decision uses it.
+    CertificateSeen {
+        /// The certificate.
+        qc: Arc<QuorumCertificate>,
+    },
     /// One level failed; the next runs, if any.
     LevelFailed {
         /// Target.
