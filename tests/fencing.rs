@@ -24,33 +24,6 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok.success(), "kill {sig} {pid}");
 }
 
-/// Starts member `i` and writes its pid where the simulated agent looks for "the host".
-fn start_host(c: &mut Cluster, i: usize) -> u32 {
-    c.start(i);
-    let pid = c.members[i].child.as_ref().unwrap().id();
-    std::fs::write(
-        c.dir.join(format!("hosts/{}.pid", c.members[i].name)),
-        pid.to_string(),
-    )
-    .unwrap();
-    pid
-}
-
-/// The `[agents.NAME]` section for the simulated agent, one pid file per host.
-fn sim_agent(name: &str, dir: &Path, n: usize, extra: &str) -> String {
-    let bin = env!("CARGO_BIN_EXE_peerfence");
-    let d = dir.display();
-    let mut s = format!(
-        "[agents.{name}]\ncommand = [\"{bin}\", \"agent\", \"sim\"]\naction_timeout = \"3s\"\nmonitor_interval = \"1s\"\npower_status_interval = \"1s\"\n{extra}\n"
-    );
-    for i in 0..n {
-        s.push_str(&format!(
-            "[agents.{name}.hosts.n{i}]\npid_file = \"{d}/hosts/n{i}.pid\"\ndown_file = \"{d}/hosts/n{i}.down\"\n"
-        ));
-    }
-    s
-}
-
 fn ha(c: &Cluster, i: usize, j: usize) -> Option<String> {
     c.view(i, j)
         .and_then(|v| v["ha"].as_str().map(str::to_owned))

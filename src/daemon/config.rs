@@ -112,6 +112,10 @@ pub struct RawHttp {
     /// Status endpoint address. Default `"127.0.0.1:7947"`. Set `""` to turn it off.
     #[serde(default)]
     pub listen: Option<String>,
+    /// Bearer tokens allowed to act (arm, disarm, maintenance, manual fence): `NAME TOKEN`
+    /// lines, mode 0600. Without it, every action is refused with 401.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[agents.LEVEL]`: the ClusterLabs fence agent behind the fence level named LEVEL.
@@ -361,6 +365,8 @@ pub struct DaemonConfig {
     pub health: HealthConfig,
     /// Status endpoint, if on.
     pub http: Option<SocketAddr>,
+    /// API tokens file, if any (read at start).
+    pub token_file: Option<PathBuf>,
     /// Agent levels by level index (`None` for a poison-pill level).
     pub agents: Vec<Option<AgentLevelConfig>>,
     /// Local actions and the watchdog device.
@@ -624,6 +630,7 @@ impl RawDaemonConfig {
                 exec,
             },
             http,
+            token_file: self.http.token_file.clone(),
             agents,
             local,
         })

@@ -67,6 +67,11 @@ impl EventLog {
         })
     }
 
+    /// The member whose log this is.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Appends one event and hands it to live subscribers.
     pub fn publish(
         &self,

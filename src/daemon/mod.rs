@@ -18,6 +18,7 @@ pub mod events;
 pub mod fence;
 pub mod history;
 pub mod http;
+pub mod metrics;
 pub mod simagent;
 pub mod storage;
 pub mod store;
@@ -44,8 +45,57 @@ pub enum Msg {
     Status(oneshot::Sender<serde_json::Value>),
     /// A local self-fence request (CloudStack's heartbeat script `-c`).
     SelfFenceRequest(oneshot::Sender<SelfFenceAnswer>),
+    /// An authenticated operator action from the API. The answer is the events it produced
+    /// (the `audit` event first), or the HTTP error to give.
+    Action {
+        /// What to do.
+        action: Action,
+        /// Who asks (`token:NAME`), for the audit event.
+        by: String,
+        /// From where.
+        remote: std::net::SocketAddr,
+        /// The answer.
+        reply: oneshot::Sender<ActionAnswer>,
+    },
     /// Leave the cluster and stop (SIGTERM, SIGINT).
     Shutdown,
+}
+
+/// What an API action produced, or the HTTP status and message to refuse it with.
+pub type ActionAnswer = Result<Vec<Arc<events::ApiEvent>>, (axum::http::StatusCode, String)>;
+
+/// An operator action from the API (each becomes one core [`OperatorCommand`]).
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Arm the cluster.
+    Arm,
+    /// Disarm the cluster.
+    Disarm,
+    /// Maintenance of a host on or off.
+    Maintenance {
+        /// Member name.
+        host: String,
+        /// On or off.
+        on: bool,
+    },
+    /// Ask for a fence of a host (it still needs the quorum).
+    Fence {
+        /// Member name.
+        host: String,
+    },
+}
+
+impl Action {
+    /// Stable name (API responses, audit events, metrics).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Arm => "arm",
+            Action::Disarm => "disarm",
+            Action::Maintenance { on: true, .. } => "maintenance_on",
+            Action::Maintenance { on: false, .. } => "maintenance_off",
+            Action::Fence { .. } => "manual_fence",
+        }
+    }
 }
 
 /// Capacity of the node's inbox.
@@ -77,6 +127,9 @@ pub enum DaemonError {
     /// A fence agent cannot be used.
     #[error(transparent)]
     Agent(#[from] fence::AgentError),
+    /// The API token file cannot be used.
+    #[error(transparent)]
+    Tokens(#[from] http::TokenError),
     /// The configuration relies on a watchdog that cannot be opened.
     #[error(
         "watchdog.enabled = true (confirming fences by deadline relies on every member's watchdog), but {0}; refusing to start"
@@ -229,6 +282,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         &core.roster,
         &levels,
     );
+    let metrics = metrics::Metrics::new();
+    let tokens = match &cfg.token_file {
+        Some(path) => http::Tokens::load(path)?,
+        None => http::Tokens::default(),
+    };
     let (tx, mut rx) = mpsc::channel::<Msg>(INBOX);
     let transport = transport::Transport::bind(cfg.listen, tls, cfg.addresses.clone(), tx.clone())
         .map_err(io(format!("cannot listen on {} (QUIC/UDP)", cfg.listen)))?;
@@ -246,6 +304,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         events: events.clone(),
         history: history.clone(),
         levels: levels.clone(),
+        metrics: metrics.clone(),
+        collect: None,
     };
     // The first output persists the new generation: nothing leaves before it is on disk.
     shell.drain(&mut node).await?;
@@ -264,8 +324,16 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(io(format!("cannot listen on {addr} (HTTP)")))?;
-        tokio::spawn(http::serve(listener, tx.clone()));
-        tracing::info!(%addr, "status endpoint: GET /v1/cluster");
+        let api = http::Api {
+            tx: tx.clone(),
+            events: events.clone(),
+            history: history.clone(),
+            metrics: metrics.clone(),
+            tokens: Arc::new(tokens),
+            streams: Arc::default(),
+        };
+        tokio::spawn(http::serve(listener, api));
+        tracing::info!(%addr, dashboard = %format!("http://{addr}/"), "HTTP API: /v1/cluster, /v1/fences, /v1/events, /metrics");
     }
     tokio::spawn(signals(tx.clone()));
     fence::spawn_periodic(agents, names_of(&core), cfg.me, tx.clone());
@@ -292,11 +360,18 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
                     }
                     None
                 }
+                Some(Msg::Action { action, by, remote, reply }) => {
+                    let answer = shell.action(&mut node, action, &by, remote).await?;
+                    generation.store(node.generation(), Ordering::SeqCst);
+                    let _ = reply.send(answer);
+                    None
+                }
                 Some(Msg::Shutdown) | None => break,
             },
             _ = tokio::time::sleep_until(deadline) => Some(Input::Tick),
         };
         if let Some(input) = input {
+            shell.observe(&input);
             node.handle(clock.now(), input);
             generation.store(node.generation(), Ordering::SeqCst);
             shell.drain(&mut node).await?;
@@ -339,9 +414,117 @@ struct Shell {
     history: Arc<std::sync::Mutex<history::History>>,
     /// Fence level names by index.
     levels: Vec<String>,
+    /// Metrics.
+    metrics: Arc<metrics::Metrics>,
+    /// While an API action runs: the events it produced.
+    collect: Option<Vec<Arc<events::ApiEvent>>>,
 }
 
 impl Shell {
+    /// Counts what the health checks report, for `/metrics`.
+    fn observe(&self, input: &Input) {
+        use crate::health::WriteOutcome;
+        let m = &self.metrics;
+        match input {
+            Input::StorageWrite { path, outcome } => {
+                let (result, secs) = match outcome {
+                    WriteOutcome::Ok { latency } => ("ok", latency.as_secs_f64()),
+                    WriteOutcome::Failed => ("failed", 0.0),
+                    WriteOutcome::TimedOut => ("timed_out", 0.0),
+                };
+                m.storage_write_seconds
+                    .get_or_create(&vec![
+                        ("path", path.to_string()),
+                        ("result", result.to_owned()),
+                    ])
+                    .observe(secs);
+            }
+            Input::AgentCheck { alive } => {
+                m.checks
+                    .get_or_create(&vec![
+                        ("check", "agent".to_owned()),
+                        ("result", if *alive { "ok" } else { "failed" }.to_owned()),
+                    ])
+                    .inc();
+            }
+            Input::IsolationCheck { ok } => {
+                m.checks
+                    .get_or_create(&vec![
+                        ("check", "isolation".to_owned()),
+                        ("result", if *ok { "ok" } else { "failed" }.to_owned()),
+                    ])
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// Carries out one API action: the audit event first, then the core's command; answers
+    /// with every event it produced.
+    async fn action(
+        &mut self,
+        node: &mut Node,
+        action: Action,
+        by: &str,
+        remote: std::net::SocketAddr,
+    ) -> Result<ActionAnswer, DaemonError> {
+        use axum::http::StatusCode;
+        let cfg = node.config().clone();
+        let resolve = |host: &str| {
+            cfg.roster.id_of(host).ok_or_else(|| {
+                (
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no member is named {host:?}; the members are {}",
+                        names_of(&cfg).join(", ")
+                    ),
+                )
+            })
+        };
+        let (cmd, host) = match &action {
+            Action::Arm => (OperatorCommand::Arm, None),
+            Action::Disarm => (OperatorCommand::Disarm, None),
+            Action::Maintenance { host, on } => match resolve(host) {
+                Ok(member) => (
+                    OperatorCommand::Maintenance { member, on: *on },
+                    Some(host.clone()),
+                ),
+                Err(e) => return Ok(Err(e)),
+            },
+            Action::Fence { host } => match resolve(host) {
+                Ok(target) if target == node.status().me => {
+                    return Ok(Err((
+                        StatusCode::CONFLICT,
+                        format!("{host} is this host: ask another member's endpoint to fence it"),
+                    )));
+                }
+                Ok(target) => (OperatorCommand::ManualFence { target }, Some(host.clone())),
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        let name = action.name();
+        tracing::warn!(by, %remote, action = name, host = host.as_deref().unwrap_or("-"), "operator action");
+        let audit = self.events.publish(
+            "audit",
+            host.clone(),
+            format!(
+                "{name}{} requested by {by} from {remote}",
+                host.as_deref().map(|h| format!(" of {h}")).unwrap_or_default()
+            ),
+            serde_json::json!({"action": name, "host": host, "by": by, "remote": remote.to_string()}),
+        );
+        self.metrics
+            .events
+            .get_or_create(&metrics::label("kind", "audit"))
+            .inc();
+        self.collect = Some(vec![audit]);
+        node.handle(self.clock.now(), Input::Operator(cmd));
+        let drained = self.drain(node).await;
+        let produced = self.collect.take().unwrap_or_default();
+        drained?;
+        Ok(Ok(produced))
+    }
+
     /// Carries out every output, in order. A `Persist` is durable before the next output is
     /// read; fence agents and pill writes run in the background and answer as inputs.
     async fn drain(&mut self, node: &mut Node) -> Result<(), DaemonError> {
@@ -379,6 +562,7 @@ impl Shell {
                         continue;
                     }
                     let (agents, tx) = (self.agents.clone(), self.tx.clone());
+                    let agent_seconds = self.metrics.agent_seconds.clone();
                     tokio::spawn(async move {
                         let Some(Some(agent)) = agents.get(usize::from(cmd.level)) else {
                             return;
@@ -389,6 +573,13 @@ impl Shell {
                             result = ?out.result, tries = out.tries, code = ?last.code,
                             elapsed_ms = last.elapsed.as_millis() as u64, output = %last.output,
                             "fence agent finished");
+                        agent_seconds
+                            .get_or_create(&vec![
+                                ("level", agent.cfg.name.clone()),
+                                ("action", format!("{:?}", cmd.action).to_lowercase()),
+                                ("result", format!("{:?}", out.result).to_lowercase()),
+                            ])
+                            .observe(last.elapsed.as_secs_f64());
                         let input = Input::FenceResult {
                             id: cmd.id,
                             result: out.result,
@@ -426,8 +617,27 @@ impl Shell {
                         .on_event(&e, roster, &self.levels);
                     let (message, details) = events::describe(&e, roster, &self.levels);
                     let member = events::member_of(&e).map(|m| roster.name(m).to_owned());
-                    self.events
-                        .publish(events::kind_of(&e), member, message, details);
+                    let kind = events::kind_of(&e);
+                    self.metrics
+                        .events
+                        .get_or_create(&metrics::label("kind", kind))
+                        .inc();
+                    let outcome = match &e {
+                        Event::FenceConfirmed { .. } => Some("confirmed"),
+                        Event::FenceFailed { .. } => Some("failed"),
+                        Event::FenceAborted { .. } => Some("aborted"),
+                        _ => None,
+                    };
+                    if let Some(o) = outcome {
+                        self.metrics
+                            .fences
+                            .get_or_create(&metrics::label("outcome", o))
+                            .inc();
+                    }
+                    let ev = self.events.publish(kind, member, message, details);
+                    if let Some(c) = &mut self.collect {
+                        c.push(ev);
+                    }
                 }
             }
         }
@@ -453,24 +663,160 @@ fn log_event(roster: &crate::config::Roster, e: &Event) {
     }
 }
 
+/// Lower-cases a unit-variant enum serialized as a string (and every string in an array).
+fn lc(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::String(s) => serde_json::Value::String(s.to_lowercase()),
+        serde_json::Value::Array(a) => a.into_iter().map(lc).collect(),
+        other => other,
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// Why a peer is in its HA state, in words (the dashboard and `peerfence status` show it).
+fn why(p: &crate::node::PeerStatus) -> String {
+    use crate::rules::HaState as H;
+    let age = p.heartbeat_age_ms as f64 / 1000.0;
+    match p.ha {
+        H::Initializing => "this node is in its start-up quiet period: it judges nobody yet".into(),
+        H::Available => "alive in gossip, storage heartbeat fresh".into(),
+        H::Suspect => "gossip suspects it (missed probes); treated as alive".into(),
+        H::Checking => format!(
+            "down in gossip; storage heartbeat unchanged for {age:.1} s; the quorum decides"
+        ),
+        H::Fencing => "a fence is in flight under a quorum certificate".into(),
+        H::Fenced => "fenced and confirmed in its current boot".into(),
+        H::Partitioned => format!(
+            "down in gossip but its storage heartbeat is fresh ({age:.1} s): it is running, so it is not fenced"
+        ),
+        H::Unmanageable => "its management agent is dead while storage is alive".into(),
+        H::FenceFailed => format!(
+            "the last fence attempt failed ({} so far); retrying with back-off",
+            p.attempts
+        ),
+        H::Failed => "fence attempts exhausted: an operator must act".into(),
+        H::Ineligible => {
+            if p.maintenance {
+                "in maintenance: never fenced".into()
+            } else {
+                "its daemon left the cluster cleanly".into()
+            }
+        }
+        H::Disabled => "the cluster is disarmed: nobody is fenced".into(),
+        H::FenceDeviceDown => {
+            "its fence device failed its last monitor: a failure now could not be fenced by that level"
+                .into()
+        }
+    }
+}
+
 fn status(node: &Node, shell: &Shell, addresses: &[std::net::SocketAddr]) -> serde_json::Value {
+    use serde_json::json;
     let transport = &shell.transport;
-    serde_json::json!({
-        "node": node.status(),
-        "cluster": node.config().cluster.as_str(),
-        "config_digest": format!("{:016x}", node.config().digest().0),
+    let st = node.status();
+    let cfg = node.config();
+    let roster = &cfg.roster;
+    let name = |m: peerfence_proto::MemberId| roster.name(m).to_owned();
+    let healthy = st.verdict == peerfence_proto::Verdict::Healthy;
+    let maint_self = node.durable().in_maintenance(st.me);
+    let mut self_why = Vec::new();
+    for (i, h) in st.storage.iter().enumerate() {
+        if *h != peerfence_proto::StorageHealth::Ok {
+            self_why.push(format!("storage path {i} is {h:?}"));
+        }
+    }
+    if st.agent == peerfence_proto::AgentHealth::Dead {
+        self_why.push("the management agent is dead".into());
+    }
+    if st.isolation == peerfence_proto::IsolationHealth::Failed {
+        self_why.push("no isolation address answers".into());
+    }
+    let mut members = Vec::new();
+    for m in roster.ids() {
+        let address = addresses.get(m.index()).map(|a| a.to_string());
+        if m == st.me {
+            members.push(json!({
+                "name": name(m),
+                "self": true,
+                "address": address,
+                "swim": "alive",
+                "ha": if maint_self { "ineligible" } else if healthy { "available" } else { "unhealthy" },
+                "why": if self_why.is_empty() { "this host: all its checks pass".to_string() } else { format!("this host: {}", self_why.join("; ")) },
+                "power": "on",
+                "heartbeat_age_ms": 0,
+                "storage_alive": true,
+                "boot": st.boot.to_string(),
+                "verdict": lc(json(&st.verdict)),
+                "agent": lc(json(&st.agent)),
+                "storage": lc(json(&st.storage)),
+                "isolation": lc(json(&st.isolation)),
+                "maintenance": maint_self,
+                "fence_devices": st.fence_devices,
+                "attempts": 0,
+            }));
+            continue;
+        }
+        let Some(p) = st.peers.iter().find(|p| p.member == m) else {
+            continue;
+        };
+        members.push(json!({
+            "name": p.name,
+            "self": false,
+            "address": address,
+            "swim": lc(json(&p.swim)),
+            "ha": events::ha_name(p.ha),
+            "why": why(p),
+            "power": lc(json(&p.power)),
+            "heartbeat_age_ms": p.heartbeat_age_ms,
+            "storage_alive": p.storage_alive,
+            "boot": p.boot.map(|b| b.to_string()),
+            "verdict": p.verdict.map(|v| lc(json(&v))),
+            "agent": p.agent.map(|a| lc(json(&a))),
+            "storage": p.storage.as_ref().map(|s| lc(json(s))),
+            "isolation": p.isolation.map(|i| lc(json(&i))),
+            "maintenance": p.maintenance,
+            "fence_devices": p.fence_devices,
+            "attempts": p.attempts,
+        }));
+    }
+    let budget = usize::from(st.budget);
+    json!({
+        "summary": {
+            "node": name(st.me),
+            "members": roster.len(),
+            "quorum": st.quorum,
+            "visible": st.visible,
+            "eligible": st.ineligible.is_none(),
+            "ineligible": st.ineligible.map(|i| lc(json(&i))),
+            "armed": st.armed,
+            "mode": lc(json(&st.mode)),
+            "storm": st.storm,
+            "verdict": lc(json(&st.verdict)),
+            "budget": budget,
+            "budget_used": st.budget_used,
+            "budget_left": budget.saturating_sub(st.budget_used),
+            "budget_window_s": cfg.fencing.budget_window.as_secs(),
+            "fences_in_flight": st.fences_in_flight.iter().map(|m| name(*m)).collect::<Vec<_>>(),
+            "watchdog_feeding": st.watchdog_feeding,
+        },
+        "members": members,
+        "node": st,
+        "cluster": cfg.cluster.as_str(),
+        "config_digest": format!("{:016x}", cfg.digest().0),
         // Member name → its peerfence (QUIC) address, so that callers that know hosts by IP
         // (CloudStack passes the host's IP) can find the member.
-        "addresses": node
-            .config()
-            .roster
+        "addresses": roster
             .ids()
-            .map(|m| (node.config().roster.name(m).to_owned(), serde_json::Value::from(addresses[m.index()].to_string())))
+            .map(|m| (name(m), serde_json::Value::from(addresses[m.index()].to_string())))
             .collect::<serde_json::Map<_, _>>(),
         "messages": node.stats(),
         "transport": transport.stats(),
         "watchdog": shell.watchdog.as_ref().map(|w| w.stats()),
-        "fence_levels": node.config().fencing.levels.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
+        "fence_levels": shell.levels,
+        "events": {"first_seq": shell.events.bounds().0, "next_seq": shell.events.bounds().1},
     })
 }
 

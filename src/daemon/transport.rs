@@ -56,6 +56,8 @@ pub struct TransportStats {
     pub udp_datagrams_in: AtomicU64,
     /// Bytes in them.
     pub udp_bytes_in: AtomicU64,
+    /// UDP payload bytes sent (all QUIC traffic).
+    pub udp_bytes_out: AtomicU64,
     /// QUIC datagrams sent.
     pub datagrams_out: AtomicU64,
     /// QUIC datagrams received from members.
@@ -88,6 +90,8 @@ pub struct StatsSnapshot {
     pub udp_datagrams_in: u64,
     /// See [`TransportStats`].
     pub udp_bytes_in: u64,
+    /// UDP payload bytes sent.
+    pub udp_bytes_out: u64,
     /// See [`TransportStats`].
     pub datagrams_out: u64,
     /// See [`TransportStats`].
@@ -143,7 +147,13 @@ impl AsyncUdpSocket for CountingSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> std::io::Result<()> {
-        self.inner.try_send(transmit)
+        let r = self.inner.try_send(transmit);
+        if r.is_ok() {
+            self.stats
+                .udp_bytes_out
+                .fetch_add(transmit.contents.len() as u64, Ordering::Relaxed);
+        }
+        r
     }
 
     fn poll_recv(
@@ -291,6 +301,7 @@ impl Transport {
         StatsSnapshot {
             udp_datagrams_in: l(&s.udp_datagrams_in),
             udp_bytes_in: l(&s.udp_bytes_in),
+            udp_bytes_out: l(&s.udp_bytes_out),
             datagrams_out: l(&s.datagrams_out),
             datagrams_in: l(&s.datagrams_in),
             streams_out: l(&s.streams_out),

@@ -310,3 +310,58 @@ pub fn make_fake_watchdogs(c: &Cluster) {
         std::fs::write(c.dir.join(format!("wd-n{i}")), "").unwrap();
     }
 }
+
+/// Starts member `i` and writes its pid where the simulated agent looks for "the host".
+pub fn start_host(c: &mut Cluster, i: usize) -> u32 {
+    c.start(i);
+    let pid = c.members[i].child.as_ref().unwrap().id();
+    std::fs::write(
+        c.dir.join(format!("hosts/{}.pid", c.members[i].name)),
+        pid.to_string(),
+    )
+    .unwrap();
+    pid
+}
+
+/// The `[agents.NAME]` section for the simulated agent, one pid file per host.
+pub fn sim_agent(name: &str, dir: &Path, n: usize, extra: &str) -> String {
+    let bin = env!("CARGO_BIN_EXE_peerfence");
+    let d = dir.display();
+    let mut s = format!(
+        "[agents.{name}]\ncommand = [\"{bin}\", \"agent\", \"sim\"]\naction_timeout = \"3s\"\nmonitor_interval = \"1s\"\npower_status_interval = \"1s\"\n{extra}\n"
+    );
+    for i in 0..n {
+        s.push_str(&format!(
+            "[agents.{name}.hosts.n{i}]\npid_file = \"{d}/hosts/n{i}.pid\"\ndown_file = \"{d}/hosts/n{i}.down\"\n"
+        ));
+    }
+    s
+}
+
+/// One HTTP/1.1 request with an optional bearer token and JSON body: `(status, body)`.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}

@@ -1,0 +1,301 @@
+//! The HTTP API on real daemons: reads, authenticated and audited actions that propagate and
+//! persist, the SSE event stream with replay, Prometheus metrics, and the fence history with
+//! its quorum certificate.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+const ALICE: &str = "alice-0123456789abcdef0123456789abcdef";
+
+fn get(c: &Cluster, i: usize, path: &str) -> Option<(u16, String)> {
+    http_request(c.members[i].http, "GET", path, None, None)
+}
+
+fn post(
+    c: &Cluster,
+    i: usize,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    http_request(c.members[i].http, "POST", path, token, body)
+        .unwrap_or_else(|| panic!("POST {path} on member {i} got no answer"))
+}
+
+fn summary(c: &Cluster, i: usize) -> Option<serde_json::Value> {
+    Some(c.status(i)?["summary"].clone())
+}
+
+fn member(c: &Cluster, i: usize, name: &str) -> Option<serde_json::Value> {
+    c.status(i)?["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+        .cloned()
+}
+
+/// Reads an SSE stream until `want` appears in it (or the deadline passes).
+fn sse_until(port: u16, path: &str, want: &[&str], limit: Duration) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let end = Instant::now() + limit;
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < end && !want.iter().all(|w| text.contains(w)) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    }
+    text
+}
+
+#[test]
+fn api_reads_actions_events_metrics_and_fence_history() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let n = 4;
+    let mut c = Cluster::new_with("api", n, "enforce", |_, dir| {
+        format!(
+            "token_file = \"{}/api-tokens\"\n\n[fencing]\nlevels = [{{ name = \"sim\", kind = \"agent\", timeout = \"10s\" }}]\nstartup_quiet_period = \"5s\"\n\n{}",
+            dir.display(),
+            sim_agent("sim", dir, n, "")
+        )
+    });
+    std::fs::create_dir_all(c.dir.join("hosts")).unwrap();
+    let tokens = c.dir.join("api-tokens");
+    std::fs::write(&tokens, format!("# operators\nalice {ALICE}\n")).unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for i in 0..n {
+        start_host(&mut c, i);
+    }
+    assert_cluster_forms(&c);
+
+    // Reads.
+    assert_eq!(get(&c, 0, "/healthz").map(|r| r.0), Some(200));
+    assert!(
+        wait_for(Duration::from_secs(20), || (get(&c, 0, "/readyz")?.0
+            == 200)
+            .then_some(()))
+        .is_some()
+    );
+    let s = summary(&c, 0).unwrap();
+    assert_eq!(s["members"], 4);
+    assert_eq!(s["quorum"], 3);
+    assert_eq!(s["armed"], true);
+    assert_eq!(s["mode"], "enforce");
+    assert_eq!(s["budget_left"], s["budget"]);
+    let st = c.status(0).unwrap();
+    let members = st["members"].as_array().unwrap();
+    assert_eq!(members.len(), 4);
+    assert!(
+        members
+            .iter()
+            .all(|m| m["why"].is_string() && m["ha"].is_string()),
+        "{members:?}"
+    );
+    let (code, page) = get(&c, 0, "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(page.contains("<html"), "{page}");
+
+    // Actions: no token, a wrong token, or no token file at all change nothing.
+    let (code, body) = post(&c, 0, "/v1/disarm", None, None);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("Authorization: Bearer"), "{body}");
+    let (code, body) = post(&c, 0, "/v1/disarm", Some(&"x".repeat(40)), None);
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(summary(&c, 0).unwrap()["armed"], true);
+
+    // Disarm with the token: audited (naming who), propagated to every member, persisted.
+    let (code, body) = post(&c, 0, "/v1/disarm", Some(ALICE), None);
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["by"], "token:alice");
+    assert_eq!(answer["events"][0]["kind"], "audit");
+    assert!(
+        answer["events"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("token:alice")
+    );
+    assert!(
+        answer["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "disarmed"),
+        "{body}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            (0..n)
+                .all(|i| summary(&c, i).is_some_and(|s| s["armed"] == false))
+                .then_some(())
+        })
+        .is_some(),
+        "disarm did not reach every member"
+    );
+    // Member 1 learnt it by gossip; after a restart it still knows (persisted).
+    c.kill(1);
+    start_host(&mut c, 1);
+    let after = wait_for(Duration::from_secs(20), || summary(&c, 1));
+    assert_eq!(after.unwrap()["armed"], false);
+    assert_cluster_forms(&c);
+    let (code, _) = post(&c, 1, "/v1/arm", Some(ALICE), None);
+    assert_eq!(code, 200);
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            (0..n)
+                .all(|i| summary(&c, i).is_some_and(|s| s["armed"] == true))
+                .then_some(())
+        })
+        .is_some()
+    );
+
+    // Maintenance on and off, seen by another member.
+    let (code, body) = post(
+        &c,
+        0,
+        "/v1/hosts/n2/maintenance",
+        Some(ALICE),
+        Some(r#"{"on": true}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let m = member(&c, 3, "n2")?;
+            (m["maintenance"] == true && m["ha"] == "ineligible").then_some(())
+        })
+        .is_some(),
+        "{:?}",
+        member(&c, 3, "n2")
+    );
+    let (code, _) = post(
+        &c,
+        0,
+        "/v1/hosts/n2/maintenance",
+        Some(ALICE),
+        Some(r#"{"on": false}"#),
+    );
+    assert_eq!(code, 200);
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            (member(&c, 3, "n2")?["maintenance"] == false).then_some(())
+        })
+        .is_some()
+    );
+
+    // Mistakes are explained and change nothing.
+    let (code, body) = post(
+        &c,
+        0,
+        "/v1/hosts/nope/maintenance",
+        Some(ALICE),
+        Some(r#"{"on": true}"#),
+    );
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("n0, n1, n2, n3"), "{body}");
+    let (code, body) = post(
+        &c,
+        0,
+        "/v1/hosts/n2/maintenance",
+        Some(ALICE),
+        Some(r#"{"on": "yes"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = post(&c, 0, "/v1/hosts/n0/fence", Some(ALICE), None);
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = post(&c, 0, "/v1/hosts/n2/fence", None, None);
+    assert_eq!(code, 401, "{body}");
+
+    // The event stream replays the buffered events (with their ids) and goes on live.
+    let replay = sse_until(
+        c.members[0].http,
+        "/v1/events?since=0",
+        &["event: disarmed", "event: audit", "event: maintenance"],
+        Duration::from_secs(10),
+    );
+    assert!(
+        replay.contains("event: disarmed") && replay.contains("id: 1\n"),
+        "{replay}"
+    );
+    assert!(replay.contains("\"by\":\"token:alice\""), "{replay}");
+
+    // A crashed host is fenced; the history names the voters, the evidence and the level.
+    let crashed = Instant::now();
+    c.kill(3);
+    let fenced = wait_for(Duration::from_secs(60), || {
+        (0..3)
+            .all(|i| member(&c, i, "n3").is_some_and(|m| m["ha"] == "fenced"))
+            .then(|| crashed.elapsed())
+    });
+    assert!(fenced.is_some(), "{:?}", member(&c, 0, "n3"));
+    eprintln!("crashed host fenced after {:?}", fenced.unwrap());
+    let mut executors = 0;
+    for i in 0..3 {
+        let (code, body) = get(&c, i, "/v1/fences").unwrap();
+        assert_eq!(code, 200);
+        let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let e = h["fences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["target"] == "n3")
+            .unwrap_or_else(|| panic!("member {i} has no fence of n3: {body}"))
+            .clone();
+        let ok = wait_for(Duration::from_secs(10), || {
+            let (_, body) = get(&c, i, "/v1/fences")?;
+            let h: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let e = h["fences"]
+                .as_array()?
+                .iter()
+                .find(|e| e["target"] == "n3")?
+                .clone();
+            (e["state"] == "confirmed").then_some(e)
+        });
+        let e = ok.unwrap_or(e);
+        assert_eq!(e["state"], "confirmed", "{e}");
+        let votes = e["certificate"]["votes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{e}"));
+        assert!(votes.len() >= 3, "{e}");
+        assert!(
+            votes
+                .iter()
+                .all(|v| v["voter_healthy"] == true && v["voter"].is_string())
+        );
+        assert_eq!(e["confirmation"]["type"], "power_off", "{e}");
+        assert_eq!(e["confirmation"]["level"], "sim", "{e}");
+        if e["executed_here"] == true {
+            executors += 1;
+        }
+    }
+    assert_eq!(executors, 1);
+
+    // Metrics in the Prometheus text format.
+    let (code, text) = get(&c, 0, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for want in [
+        "peerfence_member_ha_state{member=\"n3\",state=\"fenced\"} 1",
+        "peerfence_api_auth_failures_total 3",
+        "peerfence_events_total{kind=\"audit\"}",
+        "peerfence_gossip_bytes_total{direction=\"out\"}",
+        "peerfence_votes_total{result=\"granted\"}",
+        "peerfence_storage_write_duration_seconds_bucket",
+        "peerfence_quorum_size 3",
+        "# EOF",
+    ] {
+        assert!(text.contains(want), "{want} missing from\n{text}");
+    }
+}
