@@ -3,6 +3,7 @@
 //! codes with messages that say what to do.
 
 use clap::{Parser, Subcommand};
+use peerfence::daemon::client::{self, Request};
 use peerfence::daemon::config::RawDaemonConfig;
 use peerfence::daemon::{certs, store};
 use std::io::Write;
@@ -42,6 +43,51 @@ enum Command {
     /// Drop-in for CloudStack's kvmheartbeat.sh (same flags), answered by the local daemon under
     /// quorum: it never reboots the host itself. See docs/CLOUDSTACK.md.
     CloudstackHeartbeat(peerfence::daemon::cloudstack::Args),
+    /// Show the cluster as the local daemon sees it: a table of hosts, their states and why.
+    Status {
+        #[command(flatten)]
+        common: client::Common,
+    },
+    /// Show the fence history the local daemon knows (voters, evidence, confirmation).
+    Fences {
+        #[command(flatten)]
+        common: client::Common,
+    },
+    /// Put a host in maintenance (never fenced) or take it out; cluster-wide and persisted.
+    Maintenance {
+        /// Member name.
+        host: String,
+        /// `on` or `off`.
+        state: OnOff,
+        #[command(flatten)]
+        common: client::Common,
+        #[command(flatten)]
+        auth: client::Auth,
+    },
+    /// Arm the cluster: fencing allowed again (cluster-wide and persisted).
+    Arm {
+        #[command(flatten)]
+        common: client::Common,
+        #[command(flatten)]
+        auth: client::Auth,
+    },
+    /// Disarm the cluster: nobody proposes or votes for a fence (cluster-wide and persisted).
+    Disarm {
+        #[command(flatten)]
+        common: client::Common,
+        #[command(flatten)]
+        auth: client::Auth,
+    },
+    /// Ask for a fence of a host now. The quorum still decides: peers vote only for a host
+    /// they see down.
+    Fence {
+        /// Member name.
+        host: String,
+        #[command(flatten)]
+        common: client::Common,
+        #[command(flatten)]
+        auth: client::Auth,
+    },
     /// Built-in fence agents.
     Agent {
         #[command(subcommand)]
@@ -60,6 +106,12 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +175,27 @@ fn main() -> ExitCode {
         Command::Watchdog {
             command: WatchdogCommand::Test { device, timeout },
         } => watchdog_test(&device, &timeout),
+        Command::Status { common } => ExitCode::from(client::run(Request::Status, &common, None)),
+        Command::Fences { common } => ExitCode::from(client::run(Request::Fences, &common, None)),
+        Command::Maintenance {
+            host,
+            state,
+            common,
+            auth,
+        } => ExitCode::from(client::run(
+            Request::Maintenance(host, matches!(state, OnOff::On)),
+            &common,
+            Some(&auth),
+        )),
+        Command::Arm { common, auth } => {
+            ExitCode::from(client::run(Request::Arm, &common, Some(&auth)))
+        }
+        Command::Disarm { common, auth } => {
+            ExitCode::from(client::run(Request::Disarm, &common, Some(&auth)))
+        }
+        Command::Fence { host, common, auth } => {
+            ExitCode::from(client::run(Request::Fence(host), &common, Some(&auth)))
+        }
         Command::CloudstackHeartbeat(args) => {
             ExitCode::from(peerfence::daemon::cloudstack::run(&args) as u8)
         }

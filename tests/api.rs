@@ -39,6 +39,21 @@ fn member(c: &Cluster, i: usize, name: &str) -> Option<serde_json::Value> {
         .cloned()
 }
 
+/// Runs the `peerfence` command: `(exit code, stdout, stderr)`.
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .env_remove("PEERFENCE_ENDPOINT")
+        .env_remove("PEERFENCE_TOKEN_FILE")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Reads an SSE stream until `want` appears in it (or the deadline passes).
 fn sse_until(port: u16, path: &str, want: &[&str], limit: Duration) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -298,4 +313,87 @@ fn api_reads_actions_events_metrics_and_fence_history() {
     ] {
         assert!(text.contains(want), "{want} missing from\n{text}");
     }
+
+    // The command line, against the same daemons.
+    let ep = format!("http://127.0.0.1:{}", c.members[0].http);
+    let (code, out, err) = cli(&["status", "--endpoint", &ep]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("armed, enforce mode, quorum 3 of 4"), "{out}");
+    let n3 = out
+        .lines()
+        .find(|l| l.starts_with("n3 "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        n3.contains("fenced") && n3.contains("fenced and confirmed"),
+        "{out}"
+    );
+    assert!(!out.contains('\x1b'), "no colours off a terminal: {out}");
+    let (code, out, _) = cli(&["status", "--endpoint", &ep, "--json"]);
+    assert_eq!(code, 0);
+    assert!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["summary"]["quorum"] == 3);
+    let (code, out, err) = cli(&["fences", "--endpoint", &ep]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("n3") && out.contains("confirmed by power_off (level sim)"),
+        "{out}"
+    );
+    let tokens = c.dir.join("api-tokens").display().to_string();
+    let (code, out, err) = cli(&[
+        "maintenance",
+        "n2",
+        "on",
+        "--endpoint",
+        &ep,
+        "--token-file",
+        &tokens,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("requested by token:alice") && out.contains("n2 maintenance on"),
+        "{out}"
+    );
+    let (code, _, err) = cli(&[
+        "maintenance",
+        "n2",
+        "off",
+        "--endpoint",
+        &ep,
+        "--token-file",
+        &tokens,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let wrong = c.dir.join("wrong-token");
+    std::fs::write(&wrong, format!("mallory {}\n", "m".repeat(40))).unwrap();
+    let (code, _, err) = cli(&[
+        "disarm",
+        "--endpoint",
+        &ep,
+        "--token-file",
+        &wrong.display().to_string(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("refused the credential") && err.contains("--token-file"),
+        "{err}"
+    );
+    assert_eq!(summary(&c, 0).unwrap()["armed"], true);
+    let (code, _, err) = cli(&[
+        "arm",
+        "--endpoint",
+        &ep,
+        "--token-file",
+        "/nonexistent/tokens",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("/nonexistent/tokens") && err.contains("--token-file"),
+        "{err}"
+    );
+    let dead = format!("http://127.0.0.1:{}", free_tcp_port());
+    let (code, _, err) = cli(&["status", "--endpoint", &dead]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot reach the peerfence daemon") && err.contains("http.listen"),
+        "{err}"
+    );
 }

@@ -141,6 +141,14 @@ impl Tokens {
         Ok(Self(out))
     }
 
+    /// The token named `name`, or the first one: `(name, token)`.
+    pub fn pick(&self, name: Option<&str>) -> Option<(&str, &str)> {
+        self.0
+            .iter()
+            .find(|(n, _)| name.is_none_or(|want| want == n))
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+    }
+
     /// Whether any token is configured.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -12,6 +12,7 @@
 pub mod actions;
 pub mod certs;
 pub mod checks;
+pub mod client;
 pub mod cloudstack;
 pub mod config;
 pub mod events;
