@@ -1,5 +1,6 @@
-//! The `peerfence` command: the daemon (`run`), certificate and key management (`certs`), and
-//! configuration checks (`check-config`). `main` stays thin: parse, dispatch, map errors to exit
+//! The `peerfence` command: the daemon (`run`), certificate and key management (`certs`),
+//! configuration checks (`check-config`), and the operator's commands against a running
+//! daemon (`status`, `fences`, `maintenance`, `arm`, `disarm`, `fence`). `main` stays thin: parse, dispatch, map errors to exit
 //! codes with messages that say what to do.
 
 use clap::{Parser, Subcommand};
