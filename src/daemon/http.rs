@@ -554,4 +554,20 @@ mod tests {
         assert!(Tokens::parse(&format!("onlytoken{}", "x".repeat(40))).is_err());
         assert!(Tokens::parse(&format!("bad/name {}", "x".repeat(40))).is_err());
     }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a real file, to check its mode
+    fn a_token_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pf-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("tokens");
+        std::fs::write(&f, format!("alice {}\n", "a".repeat(32))).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Tokens::load(&f).err().unwrap().to_string();
+        assert!(e.contains("chmod 600") && e.contains("644"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Tokens::load(&f).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
