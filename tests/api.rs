@@ -397,3 +397,111 @@ fn api_reads_actions_events_metrics_and_fence_history() {
         "{err}"
     );
 }
+
+/// `curl` against an HTTPS endpoint whose certificate names `n0`: `(exit code, body)`.
+fn curl(dir: &std::path::Path, port: u16, args: &[&str], path: &str) -> (i32, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(dir.join("certs/ca.crt"))
+        .args(["--resolve", &format!("n0:{port}:127.0.0.1")])
+        .args(args)
+        .arg(format!("https://n0:{port}{path}"))
+        .output()
+        .expect("curl is needed by this test (Debian package curl)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn https_api_accepts_client_certificates_from_the_cluster_ca_only() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::new_with("api-tls", 3, "observe", |i, _| {
+        if i == 0 {
+            "tls = true\n".into()
+        } else {
+            String::new()
+        }
+    });
+    for i in 0..3 {
+        c.start(i);
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || all_alive(&c, &[1, 2])
+            .then_some(()))
+        .is_some(),
+        "{}",
+        c.log(0)
+    );
+    let port = c.members[0].http;
+    let dir = c.dir.clone();
+    // Reads need no client certificate.
+    let read = wait_for(Duration::from_secs(20), || {
+        let (code, body) = curl(&dir, port, &[], "/v1/cluster");
+        (code == 0 && body.contains("\"summary\"")).then_some(body)
+    });
+    assert!(
+        read.is_some(),
+        "{:?}\n{}",
+        curl(&dir, port, &[], "/v1/cluster"),
+        c.log(0)
+    );
+    // An action without a credential: 401, nothing changes.
+    let (code, body) = curl(
+        &dir,
+        port,
+        &["-X", "POST", "-w", "%{http_code}"],
+        "/v1/disarm",
+    );
+    assert_eq!(code, 0, "{body}");
+    assert!(
+        body.ends_with("401") && body.contains("client certificate"),
+        "{body}"
+    );
+    // With a certificate of the cluster CA: accepted, audited with the certificate's name.
+    let cert = dir.join("certs/n1.crt").display().to_string();
+    let key = dir.join("certs/n1.key").display().to_string();
+    let (code, body) = curl(
+        &dir,
+        port,
+        &["-X", "POST", "--cert", &cert, "--key", &key],
+        "/v1/disarm",
+    );
+    assert_eq!(code, 0, "{body}");
+    let answer: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(answer["by"], "cert:n1", "{body}");
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            (c.status(1)?["summary"]["armed"] == false).then_some(())
+        })
+        .is_some()
+    );
+    // A certificate from another CA does not even get a connection.
+    let other = dir.join("other-ca");
+    let ok = std::process::Command::new(bin())
+        .args(["certs", "init", "--dir"])
+        .arg(&other)
+        .args(["--cluster", "evil"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let ok = std::process::Command::new(bin())
+        .args(["certs", "issue", "--dir"])
+        .arg(&other)
+        .args(["--id", "n1"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let cert = other.join("n1.crt").display().to_string();
+    let key = other.join("n1.key").display().to_string();
+    let (code, body) = curl(
+        &dir,
+        port,
+        &["-X", "POST", "--cert", &cert, "--key", &key],
+        "/v1/arm",
+    );
+    assert_ne!(code, 0, "a foreign certificate was accepted: {body}");
+    assert_eq!(c.status(1).unwrap()["summary"]["armed"], false);
+}

@@ -253,7 +253,7 @@ pub fn load_vote_key(path: &Path) -> Result<VoteKey, CertError> {
     Ok(VoteKey::from_secret(secret))
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let text = read(path)?;
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut text.as_bytes()).collect();
     let certs = certs.map_err(|e| CertError::Invalid {
@@ -269,7 +269,7 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
     check_private(path)?;
     let text = read(path)?;
     rustls_pemfile::private_key(&mut text.as_bytes())

@@ -116,6 +116,10 @@ pub struct RawHttp {
     /// lines, mode 0600. Without it, every action is refused with 401.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Serve HTTPS with this member's certificate (`[tls]`), and accept client certificates
+    /// from the cluster CA as credentials for actions. Default false (plain HTTP).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// `[agents.LEVEL]`: the ClusterLabs fence agent behind the fence level named LEVEL.
@@ -367,6 +371,8 @@ pub struct DaemonConfig {
     pub http: Option<SocketAddr>,
     /// API tokens file, if any (read at start).
     pub token_file: Option<PathBuf>,
+    /// HTTPS with client certificates.
+    pub http_tls: bool,
     /// Agent levels by level index (`None` for a poison-pill level).
     pub agents: Vec<Option<AgentLevelConfig>>,
     /// Local actions and the watchdog device.
@@ -631,6 +637,7 @@ impl RawDaemonConfig {
             },
             http,
             token_file: self.http.token_file.clone(),
+            http_tls: self.http.tls,
             agents,
             local,
         })

@@ -16,14 +16,15 @@
 
 use super::events::{ApiEvent, EventLog};
 use super::history::History;
+use super::https::ClientCert;
 use super::metrics::{Metrics, label};
 use super::{Action, Msg};
-use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -207,8 +208,15 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-/// Serves until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, api: Api) {
+/// Serves until the process ends: HTTPS when `tls` is given (docs/API.md), else plain HTTP.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    if let Some(tls) = tls {
+        return super::https::serve(listener, tls, router(api)).await;
+    }
     let app = router(api).into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP endpoint stopped");
@@ -385,7 +393,16 @@ async fn events(
 /// Who is asking, from the `Authorization: Bearer` header; `Err` is the 401 to give.
 // The error is the response handed straight back to axum; boxing it would only add a move.
 #[allow(clippy::result_large_err)]
-fn authenticate(api: &Api, headers: &HeaderMap, peer: SocketAddr) -> Result<String, Response> {
+fn authenticate(
+    api: &Api,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    cert: &Cert,
+) -> Result<String, Response> {
+    // A client certificate from the cluster CA, verified by the TLS handshake, is enough.
+    if let Some(Extension(ClientCert(Some(name)))) = cert {
+        return Ok(format!("cert:{name}"));
+    }
     let refuse = |why: &str| {
         api.metrics.api_auth_failures.inc();
         tracing::warn!(%peer, "API action refused: {why}");
@@ -398,7 +415,7 @@ fn authenticate(api: &Api, headers: &HeaderMap, peer: SocketAddr) -> Result<Stri
     };
     if api.tokens.is_empty() {
         return Err(refuse(
-            "actions are turned off on this host: no http.token_file is configured (see docs/API.md)",
+            "actions are turned off on this host: no http.token_file is configured and no client certificate was presented (see docs/API.md)",
         ));
     }
     let presented = headers
@@ -417,8 +434,17 @@ fn authenticate(api: &Api, headers: &HeaderMap, peer: SocketAddr) -> Result<Stri
     }
 }
 
-async fn act(api: Api, headers: HeaderMap, peer: SocketAddr, action: Action) -> Response {
-    let by = match authenticate(&api, &headers, peer) {
+/// The client certificate of an HTTPS connection, if any.
+type Cert = Option<Extension<ClientCert>>;
+
+async fn act(
+    api: Api,
+    headers: HeaderMap,
+    peer: SocketAddr,
+    cert: Cert,
+    action: Action,
+) -> Response {
+    let by = match authenticate(&api, &headers, peer, &cert) {
         Ok(by) => by,
         Err(r) => return r,
     };
@@ -451,17 +477,19 @@ async fn act(api: Api, headers: HeaderMap, peer: SocketAddr, action: Action) -> 
 async fn arm(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    cert: Cert,
     headers: HeaderMap,
 ) -> Response {
-    act(api, headers, peer, Action::Arm).await
+    act(api, headers, peer, cert, Action::Arm).await
 }
 
 async fn disarm(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    cert: Cert,
     headers: HeaderMap,
 ) -> Response {
-    act(api, headers, peer, Action::Disarm).await
+    act(api, headers, peer, cert, Action::Disarm).await
 }
 
 #[derive(Deserialize)]
@@ -474,11 +502,12 @@ async fn maintenance(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(host): Path<String>,
+    cert: Cert,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     // Authenticate before looking at the body: a stranger learns nothing from its errors.
-    if let Err(r) = authenticate(&api, &headers, peer) {
+    if let Err(r) = authenticate(&api, &headers, peer, &cert) {
         return r;
     }
     let on = match serde_json::from_slice::<MaintenanceBody>(&body) {
@@ -490,16 +519,17 @@ async fn maintenance(
             );
         }
     };
-    act(api, headers, peer, Action::Maintenance { host, on }).await
+    act(api, headers, peer, cert, Action::Maintenance { host, on }).await
 }
 
 async fn manual_fence(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(host): Path<String>,
+    cert: Cert,
     headers: HeaderMap,
 ) -> Response {
-    act(api, headers, peer, Action::Fence { host }).await
+    act(api, headers, peer, cert, Action::Fence { host }).await
 }
 
 async fn self_fence_request(

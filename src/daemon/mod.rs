@@ -19,6 +19,7 @@ pub mod events;
 pub mod fence;
 pub mod history;
 pub mod http;
+pub mod https;
 pub mod metrics;
 pub mod simagent;
 pub mod storage;
@@ -333,8 +334,18 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             tokens: Arc::new(tokens),
             streams: Arc::default(),
         };
-        tokio::spawn(http::serve(listener, api));
-        tracing::info!(%addr, dashboard = %format!("http://{addr}/"), "HTTP API: /v1/cluster, /v1/fences, /v1/events, /metrics");
+        let tls = if cfg.http_tls {
+            Some(https::server_config(
+                &cfg.tls.ca,
+                &cfg.tls.cert,
+                &cfg.tls.key,
+            )?)
+        } else {
+            None
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, dashboard = %format!("{scheme}://{addr}/"), "HTTP API: /v1/cluster, /v1/fences, /v1/events, /metrics");
+        tokio::spawn(http::serve(listener, api, tls));
     }
     tokio::spawn(signals(tx.clone()));
     fence::spawn_periodic(agents, names_of(&core), cfg.me, tx.clone());

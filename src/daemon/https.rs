@@ -1,0 +1,109 @@
+//! HTTPS for the API (`http.tls = true`): the member's own certificate, TLS 1.3, and client
+//! certificates from the cluster CA as the second way to authenticate actions (besides bearer
+//! tokens). A client certificate is optional for reads; an action presented with one is
+//! audited as `cert:NAME`, NAME being the certificate's DNS name (`peerfence certs issue --id
+//! alice` makes one for a person).
+//!
+//! axum's own `serve` has no TLS, so connections are accepted here: each gets its own task, a
+//! handshake bounded by [`HANDSHAKE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] run at once.
+
+use super::certs::{CertError, load_certs, load_key};
+use axum::Router;
+use axum::extract::ConnectInfo;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Time a client has to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTPS connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Who presented a verified client certificate on this connection (a request extension).
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub Option<String>);
+
+/// The server side: this member's certificate; client certificates verified against the
+/// cluster CA when presented.
+pub fn server_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ServerConfig>, CertError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| CertError::Invalid {
+            path: ca.to_owned(),
+            what: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    // Reads need no credential, so a browser without a certificate may connect.
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| CertError::Tls(e.to_string()))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| CertError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|e| CertError::Tls(e.to_string()))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(server))
+}
+
+/// The DNS name of a verified client certificate (for the audit log only: the chain was
+/// already verified against the cluster CA by the handshake).
+fn cert_name(conn: &rustls::ServerConnection) -> Option<String> {
+    let leaf = conn.peer_certificates()?.first()?;
+    let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+    let name = cert.valid_dns_names().next()?.to_owned();
+    Some(name)
+}
+
+/// Serves HTTPS until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTPS accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%remote, error = %e, "HTTPS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let who = ClientCert(cert_name(tls.get_ref().1));
+            let app = app
+                .layer(axum::Extension(who))
+                .layer(axum::Extension(ConnectInfo(remote)));
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let io = hyper_util::rt::TokioIo::new(tls);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(%remote, error = %e, "HTTPS connection ended");
+            }
+        });
+    }
+}
