@@ -88,7 +88,7 @@ fn api_reads_actions_events_metrics_and_fence_history() {
             sim_agent("sim", dir, n, "")
         )
     });
-    std::fs::create_dir_all(c.dir.join("hosts")).unwrap();
+    prepare_hosts(&c);
     let tokens = c.dir.join("api-tokens");
     std::fs::write(&tokens, format!("# operators\nalice {ALICE}\n")).unwrap();
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();

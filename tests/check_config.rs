@@ -84,3 +84,83 @@ fn problems_are_listed_with_field_value_and_rule() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The example's commented hook section, uncommented (its own setting lines start with "#" and
+/// no space).
+fn with_example_hooks(example: &str) -> String {
+    let mut hooks = false;
+    example
+        .lines()
+        .map(|l| {
+            hooks |= l.starts_with("#[[hooks.");
+            match l.strip_prefix('#') {
+                Some(code) if hooks && !code.is_empty() && !code.starts_with(' ') => code,
+                _ => l,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn hooks_are_checked_like_every_other_section() {
+    let dir = std::env::temp_dir().join(format!("pf-check-hooks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/peerfence.example.toml"),
+    )
+    .unwrap();
+    // The example's hooks, uncommented, are valid and listed in the summary.
+    let good = with_example_hooks(&example);
+    assert!(good.contains("\n[[hooks.webhook]]\n"), "{good}");
+    let path = dir.join("hooks.toml");
+    std::fs::write(&path, &good).unwrap();
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("exec hook openstack-evacuate runs \"/usr/local/bin/pf-openstack-evacuate\" on safe_to_recover"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("webhook ops posts to http://10.0.0.5:8080/peerfence"),
+        "{stdout}"
+    );
+    // A typo in an event name, an empty command and a bad URL are named with field and rule.
+    let broken = good
+        .replace(
+            "events = [\"safe_to_recover\"]",
+            "events = [\"safe_to_recovr\"]",
+        )
+        .replace(
+            "command = [\"/usr/local/bin/pf-openstack-evacuate\"]",
+            "command = []",
+        )
+        .replace("url = \"http://10.0.0.5", "url = \"10.0.0.5");
+    std::fs::write(&path, broken).unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("hooks.exec[0].events = \"safe_to_recovr\": is not a hook event; one of suspect, partitioned,"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hooks.exec[0].command = []: must name a program"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hooks.webhook[0].url = \"10.0.0.5:8080/peerfence\""),
+        "{err}"
+    );
+    // An unknown field is refused like everywhere else.
+    std::fs::write(&path, good.replace("queue = 64", "qeueu = 64")).unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("qeueu"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -13,16 +13,7 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success(), "kill {sig} {pid}");
-}
 
 fn ha(c: &Cluster, i: usize, j: usize) -> Option<String> {
     c.view(i, j)
@@ -36,10 +27,6 @@ fn wait_ha(c: &Cluster, i: usize, j: usize, want: &str, limit: Duration) -> Opti
     })
 }
 
-fn prepare(c: &Cluster) {
-    std::fs::create_dir_all(c.dir.join("hosts")).unwrap();
-}
-
 #[test]
 fn a_hung_host_is_fenced_by_quorum_through_its_agent_and_confirmed_off() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -50,7 +37,7 @@ fn a_hung_host_is_fenced_by_quorum_through_its_agent_and_confirmed_off() {
             sim_agent("sim", dir, n, "")
         )
     });
-    prepare(&c);
+    prepare_hosts(&c);
     let pids: Vec<u32> = (0..n).map(|i| start_host(&mut c, i)).collect();
     assert_cluster_forms(&c);
     // Power is polled through the agent, and every device answers its monitor.
@@ -128,7 +115,7 @@ startup_quiet_period = "5s"
 }
 
 fn prepare_pill(c: &Cluster) {
-    prepare(c);
+    prepare_hosts(c);
     make_fake_watchdogs(c);
     // n3's BMC is unreachable from the start.
     std::fs::write(c.dir.join("hosts/n3.down"), "").unwrap();
@@ -239,7 +226,7 @@ fn the_daemon_refuses_unknown_agent_parameters_and_a_missing_watchdog() {
             sim_agent("sim", dir, 3, "params = { pid_fil = \"/tmp/typo\" }")
         )
     });
-    prepare(&c);
+    prepare_hosts(&c);
     c.start(0);
     let (status, log) = exit_of(&mut c, 0);
     assert!(status.is_some_and(|s| !s.success()), "{log}");

@@ -221,6 +221,9 @@ pub struct RawDaemonConfig {
     /// `[local_actions]`.
     #[serde(default)]
     pub local_actions: RawLocalActions,
+    /// `[hooks]`: exec hooks and webhooks on events (`hooks.rs`).
+    #[serde(default)]
+    pub hooks: super::hooks::RawHooks,
 }
 
 /// A secret parameter value: its `Debug` never shows it.
@@ -377,12 +380,19 @@ pub struct DaemonConfig {
     pub agents: Vec<Option<AgentLevelConfig>>,
     /// Local actions and the watchdog device.
     pub local: LocalActionsConfig,
+    /// Exec hooks and webhooks.
+    pub hooks: super::hooks::HooksConfig,
 }
 
-struct Problems(Vec<ConfigError>);
+pub(super) struct Problems(pub(super) Vec<ConfigError>);
 
 impl Problems {
-    fn err(&mut self, field: &str, value: impl std::fmt::Display, rule: impl Into<String>) {
+    pub(super) fn err(
+        &mut self,
+        field: &str,
+        value: impl std::fmt::Display,
+        rule: impl Into<String>,
+    ) {
         self.0.push(ConfigError {
             field: field.into(),
             value: value.to_string(),
@@ -390,7 +400,12 @@ impl Problems {
         });
     }
 
-    fn duration(&mut self, field: &str, raw: &Option<String>, default: &str) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        field: &str,
+        raw: &Option<String>,
+        default: &str,
+    ) -> Duration {
         let text = raw.as_deref().unwrap_or(default);
         match humantime::parse_duration(text) {
             Ok(d) if !d.is_zero() && d <= Duration::from_secs(3600) => d,
@@ -597,6 +612,7 @@ impl RawDaemonConfig {
             Err(_) => Vec::new(),
         };
         let local = self.validate_local(&mut p);
+        let hooks = self.hooks.validate(&mut p);
 
         if !p.0.is_empty() {
             return Err(ConfigErrors(p.0));
@@ -640,6 +656,7 @@ impl RawDaemonConfig {
             http_tls: self.http.tls,
             agents,
             local,
+            hooks,
         })
     }
 
@@ -904,6 +921,7 @@ impl DaemonConfig {
                 f.display()
             ));
         }
+        lines.extend(self.hooks.summary());
         lines
     }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::Sender;
 
-/// Largest part of an agent's output kept for logs.
+/// Largest part of a child process's output (agent, exec hook) kept for logs.
 const OUTPUT_KEEP: usize = 2048;
 
 /// Agent processes the periodic checks (monitor, power status) may run at once, all levels
@@ -162,24 +162,30 @@ type SecretMaps = (
     BTreeMap<String, BTreeMap<String, Secret>>,
 );
 
+/// Reads a file that holds `what` (passwords, a token): it must not be readable by group or
+/// others. `Err` is the rule broken and how to fix it, never the file's content.
+pub(super) fn read_private_file(path: &Path, what: &str) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "has mode {mode:04o}; it holds {what}, so it must not be readable by others: chmod 600 {}",
+            path.display()
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot be read: {e}"))
+}
+
 /// Reads a secrets file: `name=value` or `HOST.name=value` lines, `#` comments. It must not be
 /// readable by group or others.
 fn read_secrets_file(level: &str, path: &Path) -> Result<SecretMaps, AgentError> {
-    use std::os::unix::fs::PermissionsExt;
     let err = |rule: String| AgentError::Secrets {
         level: level.into(),
         path: path.display().to_string(),
         rule,
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot be read: {e}")))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(err(format!(
-            "has mode {mode:04o}; it holds passwords, so it must not be readable by others: chmod 600 {}",
-            path.display()
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot be read: {e}")))?;
+    let text = read_private_file(path, "passwords").map_err(err)?;
     let mut common = BTreeMap::new();
     let mut per_host: BTreeMap<String, BTreeMap<String, Secret>> = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
@@ -285,89 +291,40 @@ impl Agent {
         for s in self.secret_values() {
             t = t.replace(s, "********");
         }
-        let t = t.trim();
-        if t.len() > OUTPUT_KEEP {
-            let mut cut = t.len() - OUTPUT_KEEP;
-            while !t.is_char_boundary(cut) {
-                cut += 1;
-            }
-            format!("...{}", &t[cut..])
-        } else {
-            t.to_owned()
-        }
+        output_tail(&t)
     }
 
     /// Runs one call, killing the agent's process group at `timeout`.
-    #[allow(unsafe_code)]
     pub async fn call(&self, host: Option<&str>, op: Op, timeout: Duration) -> Call {
         let started = Instant::now();
-        let fail = |why: String| Call {
-            code: None,
-            timed_out: false,
-            elapsed: started.elapsed(),
-            output: why,
-            stdout: String::new(),
-        };
         let Some((program, args)) = self.cfg.command.split_first() else {
-            return fail("no command configured".into());
+            return Call {
+                code: None,
+                timed_out: false,
+                elapsed: started.elapsed(),
+                output: "no command configured".into(),
+                stdout: String::new(),
+            };
         };
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Python agents print a DeprecationWarning on every run otherwise.
-            .env("PYTHONWARNINGS", "ignore")
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => return fail(format!("cannot start {program:?}: {e}")),
+        // Python agents print a DeprecationWarning on every run otherwise.
+        cmd.args(args).env("PYTHONWARNINGS", "ignore");
+        let run = run_bounded(cmd, self.stdin(host, op).into_bytes(), timeout).await;
+        let output = match &run.error {
+            Some(why) => why.clone(),
+            None if run.timed_out => format!("killed after {timeout:?}"),
+            None => self.mask(&format!("{}\n{}", run.stdout, run.stderr)),
         };
-        let pid = child.id();
-        let input = self.stdin(host, op);
-        let mut stdin = child.stdin.take();
-        let run = async move {
-            if let Some(s) = stdin.as_mut() {
-                // An agent that does not read its stdin is its own business; the exit code counts.
-                let _ = s.write_all(input.as_bytes()).await;
-                let _ = s.shutdown().await;
-            }
-            drop(stdin);
-            child.wait_with_output().await
-        };
-        match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(out)) => {
-                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                Call {
-                    code: out.status.code(),
-                    timed_out: false,
-                    elapsed: started.elapsed(),
-                    output: self.mask(&format!("{stdout}\n{stderr}")),
-                    stdout: if op == Op::Metadata {
-                        stdout
-                    } else {
-                        String::new()
-                    },
-                }
-            }
-            Ok(Err(e)) => fail(format!("waiting for the agent failed: {e}")),
-            Err(_) => {
-                if let Some(pid) = pid {
-                    // SAFETY: kill(2) on a process group we created; no memory is involved.
-                    unsafe {
-                        libc::kill(-(pid as i32), libc::SIGKILL);
-                    }
-                }
-                Call {
-                    code: None,
-                    timed_out: true,
-                    elapsed: started.elapsed(),
-                    output: format!("killed after {timeout:?}"),
-                    stdout: String::new(),
-                }
-            }
+        Call {
+            code: run.code,
+            timed_out: run.timed_out,
+            elapsed: run.elapsed,
+            output,
+            stdout: if op == Op::Metadata && run.error.is_none() {
+                run.stdout
+            } else {
+                String::new()
+            },
         }
     }
 
@@ -456,6 +413,106 @@ impl Agent {
             }
         }
         Ok(known)
+    }
+}
+
+/// What a child process run by [`run_bounded`] did.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Finished {
+    /// Exit code (`None`: killed at the timeout or by a signal, or never started).
+    pub code: Option<i32>,
+    /// Killed at its timeout.
+    pub timed_out: bool,
+    /// How long it ran.
+    pub elapsed: Duration,
+    /// Its stdout (lossy UTF-8), whole: callers keep what they need.
+    pub stdout: String,
+    /// Its stderr (lossy UTF-8).
+    pub stderr: String,
+    /// It could not be started or waited for, and why.
+    pub error: Option<String>,
+}
+
+/// Runs `cmd` (program, arguments and environment already set) with `input` on its stdin, in a
+/// process group of its own, and kills that whole group at `timeout`: fence agents and hooks
+/// start helpers (`ipmitool`, `curl`...) that must not outlive them. Shared by fence agents and
+/// exec hooks.
+#[allow(unsafe_code)]
+pub(super) async fn run_bounded(
+    mut cmd: tokio::process::Command,
+    input: Vec<u8>,
+    timeout: Duration,
+) -> Finished {
+    let started = Instant::now();
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+            return Finished {
+                elapsed: started.elapsed(),
+                error: Some(format!("cannot start {program:?}: {e}")),
+                ..Finished::default()
+            };
+        }
+    };
+    let pid = child.id();
+    let mut stdin = child.stdin.take();
+    let run = async move {
+        if let Some(s) = stdin.as_mut() {
+            // A program that does not read its stdin is its own business; the exit code counts.
+            let _ = s.write_all(&input).await;
+            let _ = s.shutdown().await;
+        }
+        drop(stdin);
+        child.wait_with_output().await
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(out)) => Finished {
+            code: out.status.code(),
+            timed_out: false,
+            elapsed: started.elapsed(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            error: None,
+        },
+        Ok(Err(e)) => Finished {
+            elapsed: started.elapsed(),
+            error: Some(format!("waiting for the process failed: {e}")),
+            ..Finished::default()
+        },
+        Err(_) => {
+            if let Some(pid) = pid {
+                // SAFETY: kill(2) on a process group we created; no memory is involved.
+                unsafe {
+                    libc::kill(-(pid as i32), libc::SIGKILL);
+                }
+            }
+            Finished {
+                timed_out: true,
+                elapsed: started.elapsed(),
+                ..Finished::default()
+            }
+        }
+    }
+}
+
+/// The last [`OUTPUT_KEEP`] bytes of `text`, trimmed, cut on a character boundary: enough to
+/// see why a program failed without letting a chatty one fill the log.
+pub(super) fn output_tail(text: &str) -> String {
+    let t = text.trim();
+    if t.len() > OUTPUT_KEEP {
+        let mut cut = t.len() - OUTPUT_KEEP;
+        while !t.is_char_boundary(cut) {
+            cut += 1;
+        }
+        format!("...{}", &t[cut..])
+    } else {
+        t.to_owned()
     }
 }
 

@@ -18,6 +18,7 @@ pub mod config;
 pub mod events;
 pub mod fence;
 pub mod history;
+pub mod hooks;
 pub mod http;
 pub mod https;
 pub mod metrics;
@@ -278,6 +279,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
 
     let levels: Vec<String> = core.fencing.levels.iter().map(|l| l.name.clone()).collect();
     let events = events::EventLog::new(core.roster.name(cfg.me));
+    let _hooks = hooks::spawn(&cfg.hooks, &events, core.cluster.as_str());
     let history = Arc::new(std::sync::Mutex::new(history::History::default()));
     history.lock().unwrap_or_else(|p| p.into_inner()).seed(
         &node.durable().fence_log,

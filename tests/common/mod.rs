@@ -311,6 +311,20 @@ pub fn make_fake_watchdogs(c: &Cluster) {
     }
 }
 
+/// Sends `sig` (e.g. `-STOP`, `-CONT`) to `pid` with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
+/// Creates `DIR/hosts`, where [`start_host`] writes the pid files [`sim_agent`] powers.
+pub fn prepare_hosts(c: &Cluster) {
+    std::fs::create_dir_all(c.dir.join("hosts")).unwrap();
+}
+
 /// Starts member `i` and writes its pid where the simulated agent looks for "the host".
 pub fn start_host(c: &mut Cluster, i: usize) -> u32 {
     c.start(i);
@@ -325,7 +339,7 @@ pub fn start_host(c: &mut Cluster, i: usize) -> u32 {
 
 /// The `[agents.NAME]` section for the simulated agent, one pid file per host.
 pub fn sim_agent(name: &str, dir: &Path, n: usize, extra: &str) -> String {
-    let bin = env!("CARGO_BIN_EXE_peerfence");
+    let bin = bin();
     let d = dir.display();
     let mut s = format!(
         "[agents.{name}]\ncommand = [\"{bin}\", \"agent\", \"sim\"]\naction_timeout = \"3s\"\nmonitor_interval = \"1s\"\npower_status_interval = \"1s\"\n{extra}\n"
