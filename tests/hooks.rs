@@ -355,6 +355,20 @@ fn hooks_fire_on_every_survivor_when_a_hung_host_is_fenced() {
             "{}",
             c.log(i)
         );
+        // The counters are in the status view and the metrics.
+        let st = c.status(i).unwrap();
+        assert!(
+            st["hooks"]["record"]["delivered"].as_u64() >= Some(2),
+            "{}",
+            st["hooks"]
+        );
+        let (code, metrics) =
+            http_request(c.members[i].http, "GET", "/metrics", None, None).unwrap();
+        assert_eq!(code, 200);
+        assert!(
+            metrics.contains("peerfence_hook_events_total{hook=\"record\",result=\"delivered\"}"),
+            "{metrics}"
+        );
     }
 }
 

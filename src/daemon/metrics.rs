@@ -339,6 +339,24 @@ impl Collector for Snapshot {
             "Transport-level drops and refusals",
             &drops,
         )?;
+        let mut hooks = Vec::new();
+        if let Some(m) = s["hooks"].as_object() {
+            for (name, h) in m {
+                for result in ["delivered", "failed", "dropped"] {
+                    if let Some(v) = h[result].as_u64() {
+                        hooks.push((
+                            vec![("hook", name.clone()), ("result", result.to_owned())],
+                            v,
+                        ));
+                    }
+                }
+            }
+        }
+        e.counter(
+            "hook_events",
+            "Hook deliveries by hook and result (docs/HOOKS.md)",
+            &hooks,
+        )?;
         if let Some(open) = t["connections_open"].as_f64() {
             e.gauge(
                 "connections_open",

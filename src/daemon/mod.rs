@@ -279,7 +279,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
 
     let levels: Vec<String> = core.fencing.levels.iter().map(|l| l.name.clone()).collect();
     let events = events::EventLog::new(core.roster.name(cfg.me));
-    let _hooks = hooks::spawn(&cfg.hooks, &events, core.cluster.as_str());
+    let hooks = hooks::spawn(&cfg.hooks, &events, core.cluster.as_str());
     let history = Arc::new(std::sync::Mutex::new(history::History::default()));
     history.lock().unwrap_or_else(|p| p.into_inner()).seed(
         &node.durable().fence_log,
@@ -310,6 +310,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         levels: levels.clone(),
         metrics: metrics.clone(),
         collect: None,
+        hooks,
     };
     // The first output persists the new generation: nothing leaves before it is on disk.
     shell.drain(&mut node).await?;
@@ -432,6 +433,8 @@ struct Shell {
     metrics: Arc<metrics::Metrics>,
     /// While an API action runs: the events it produced.
     collect: Option<Vec<Arc<events::ApiEvent>>>,
+    /// Hooks (their counters go into the status view).
+    hooks: hooks::Hooks,
 }
 
 impl Shell {
@@ -831,6 +834,7 @@ fn status(node: &Node, shell: &Shell, addresses: &[std::net::SocketAddr]) -> ser
         "watchdog": shell.watchdog.as_ref().map(|w| w.stats()),
         "fence_levels": shell.levels,
         "events": {"first_seq": shell.events.bounds().0, "next_seq": shell.events.bounds().1},
+        "hooks": shell.hooks.stats(),
     })
 }
 
