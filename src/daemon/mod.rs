@@ -14,6 +14,7 @@ pub mod certs;
 pub mod checks;
 pub mod cloudstack;
 pub mod config;
+pub mod demo;
 pub mod events;
 pub mod fence;
 pub mod history;
