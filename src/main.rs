@@ -24,6 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start five daemons on this machine (loopback only) and watch them fence a crashed host
+    /// and ride out a storage outage without fencing anyone. Start here.
+    Demo(peerfence::daemon::demo::Args),
     /// Run the peer daemon.
     Run {
         /// Configuration file.
@@ -166,6 +169,7 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Demo(args) => ExitCode::from(peerfence::daemon::demo::run(&args) as u8),
         Command::Run { config } => run(&config),
         Command::CheckConfig { path } => check_config(&path),
         Command::Certs { command } => certs_command(command),

@@ -15,6 +15,7 @@ pub mod checks;
 pub mod client;
 pub mod cloudstack;
 pub mod config;
+pub mod demo;
 pub mod events;
 pub mod fence;
 pub mod history;
