@@ -83,7 +83,7 @@ fn api_reads_actions_events_metrics_and_fence_history() {
     let n = 4;
     let mut c = Cluster::new_with("api", n, "enforce", |_, dir| {
         format!(
-            "token_file = \"{}/api-tokens\"\n\n[fencing]\nlevels = [{{ name = \"sim\", kind = \"agent\", timeout = \"10s\" }}]\nstartup_quiet_period = \"5s\"\n\n{}",
+            "token_file = \"{}/api-tokens\"\n\n[health.agent]\nexec = [\"true\"]\n\n[[health.exec]]\nname = \"always\"\ncommand = [\"true\"]\n\n[fencing]\nlevels = [{{ name = \"sim\", kind = \"agent\", timeout = \"10s\" }}]\nstartup_quiet_period = \"5s\"\n\n{}",
             dir.display(),
             sim_agent("sim", dir, n, "")
         )
@@ -308,6 +308,8 @@ fn api_reads_actions_events_metrics_and_fence_history() {
         "peerfence_gossip_bytes_total{direction=\"out\"}",
         "peerfence_votes_total{result=\"granted\"}",
         "peerfence_storage_write_duration_seconds_bucket",
+        "peerfence_health_check_duration_seconds_count{check=\"agent\",result=\"ok\"}",
+        "peerfence_health_check_duration_seconds_count{check=\"exec:always\",result=\"ok\"}",
         "peerfence_quorum_size 3",
         "# EOF",
     ] {

@@ -283,6 +283,18 @@ pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError>
         })
 }
 
+/// The cluster CA as a trust store.
+pub(crate) fn load_roots(ca: &Path) -> Result<rustls::RootCertStore, CertError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| CertError::Invalid {
+            path: ca.to_owned(),
+            what: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
 /// TLS material of one member, ready for QUIC.
 #[derive(Clone)]
 pub struct Tls {
@@ -304,14 +316,7 @@ impl Tls {
     /// Builds both configurations from PEM files. `names` are the member names in id order.
     pub fn load(ca: &Path, cert: &Path, key: &Path, names: Vec<String>) -> Result<Self, CertError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(ca)? {
-            roots.add(c).map_err(|e| CertError::Invalid {
-                path: ca.to_owned(),
-                what: format!("not a usable CA certificate: {e}"),
-            })?;
-        }
-        let roots = Arc::new(roots);
+        let roots = Arc::new(load_roots(ca)?);
         let chain = load_certs(cert)?;
         let key = load_key(key)?;
         let tls = |e: rustls::Error| CertError::Tls(e.to_string());

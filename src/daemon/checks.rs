@@ -4,6 +4,7 @@
 
 use super::Msg;
 use super::config::{AgentCheck, ExecCheck, HealthConfig};
+use super::metrics::Metrics;
 use crate::node::Input;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
@@ -115,15 +116,33 @@ pub(super) fn every(interval: Duration, stop: &AtomicBool, mut f: impl FnMut() -
 }
 
 /// Starts every configured check.
-pub fn spawn(health: &HealthConfig, tx: Sender<Msg>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+pub fn spawn(
+    health: &HealthConfig,
+    tx: Sender<Msg>,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     let interval = health.interval;
+    // Each check's duration and result, for `/metrics`.
+    let timed = move |check: &str, f: &mut dyn FnMut() -> bool| {
+        let start = Instant::now();
+        let ok = f();
+        metrics
+            .check_seconds
+            .get_or_create(&vec![
+                ("check", check.to_owned()),
+                ("result", if ok { "ok" } else { "failed" }.to_owned()),
+            ])
+            .observe(start.elapsed().as_secs_f64());
+        ok
+    };
     if let Some((check, timeout)) = health.agent.clone() {
-        let (tx, stop) = (tx.clone(), stop.clone());
+        let (tx, stop, timed) = (tx.clone(), stop.clone(), timed.clone());
         std::thread::Builder::new()
             .name("pf-check-agent".into())
             .spawn(move || {
                 every(interval, &stop, || {
-                    let alive = agent_ok(&check, timeout);
+                    let alive = timed("agent", &mut || agent_ok(&check, timeout));
                     tx.blocking_send(Msg::Input(Input::AgentCheck { alive }))
                         .is_ok()
                 })
@@ -148,12 +167,12 @@ pub fn spawn(health: &HealthConfig, tx: Sender<Msg>, stop: Arc<AtomicBool>) -> s
             .is_ok()
     };
     if let Some((addresses, timeout)) = health.isolation.clone() {
-        let (tx, stop, state) = (tx.clone(), stop.clone(), state.clone());
+        let (tx, stop, state, timed) = (tx.clone(), stop.clone(), state.clone(), timed.clone());
         std::thread::Builder::new()
             .name("pf-check-isolation".into())
             .spawn(move || {
                 every(interval, &stop, || {
-                    let ok = any_reachable(&addresses, timeout);
+                    let ok = timed("isolation", &mut || any_reachable(&addresses, timeout));
                     report(&state, &tx, &|s| s.isolation = Some(ok))
                 })
             })?;
@@ -167,12 +186,13 @@ pub fn spawn(health: &HealthConfig, tx: Sender<Msg>, stop: Arc<AtomicBool>) -> s
         },
     ) in health.exec.iter().cloned().enumerate()
     {
-        let (tx, stop, state) = (tx.clone(), stop.clone(), state.clone());
+        let (tx, stop, state, timed) = (tx.clone(), stop.clone(), state.clone(), timed.clone());
+        let label = format!("exec:{name}");
         std::thread::Builder::new()
             .name(format!("pf-check-{name}"))
             .spawn(move || {
                 every(interval, &stop, || {
-                    let ok = run_command(&command, timeout);
+                    let ok = timed(&label, &mut || run_command(&command, timeout));
                     report(&state, &tx, &|s| s.exec[i] = Some(ok))
                 })
             })?;

@@ -7,7 +7,7 @@
 //! axum's own `serve` has no TLS, so connections are accepted here: each gets its own task, a
 //! handshake bounded by [`HANDSHAKE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] run at once.
 
-use super::certs::{CertError, load_certs, load_key};
+use super::certs::{CertError, load_certs, load_key, load_roots};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use std::path::Path;
@@ -31,13 +31,7 @@ pub fn server_config(
     key: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, CertError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs(ca)? {
-        roots.add(c).map_err(|e| CertError::Invalid {
-            path: ca.to_owned(),
-            what: format!("not a usable CA certificate: {e}"),
-        })?;
-    }
+    let roots = load_roots(ca)?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),

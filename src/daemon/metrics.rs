@@ -37,8 +37,8 @@ pub struct Metrics {
     pub agent_seconds: Hist,
     /// Storage heartbeat writes (`path`, `result`) and their duration.
     pub storage_write_seconds: Hist,
-    /// Agent and isolation check results (`check`, `result`).
-    pub checks: Family<Labels, Counter>,
+    /// Health checks (`check`: `agent`, `isolation`, `exec:NAME`; `result`) and their duration.
+    pub check_seconds: Hist,
     /// Accepted API actions (`action`).
     pub api_actions: Family<Labels, Counter>,
     /// Requests refused for a missing or wrong credential.
@@ -73,11 +73,11 @@ impl Metrics {
             "Storage heartbeat writes (the storage health check) by path and result",
             storage_write_seconds.clone(),
         );
-        let checks = Family::<Labels, Counter>::default();
+        let check_seconds: Hist = Family::new_with_constructor(latency_histogram);
         registry.register(
-            "health_checks",
-            "Agent and isolation check results",
-            checks.clone(),
+            "health_check_duration_seconds",
+            "Agent, isolation and exec health checks by check and result",
+            check_seconds.clone(),
         );
         let api_actions = Family::<Labels, Counter>::default();
         registry.register(
@@ -100,7 +100,7 @@ impl Metrics {
             fences,
             agent_seconds,
             storage_write_seconds,
-            checks,
+            check_seconds,
             api_actions,
             api_auth_failures,
         })

@@ -324,7 +324,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         stop.clone(),
     )
     .map_err(io("cannot start the storage heartbeat threads"))?;
-    checks::spawn(&cfg.health, tx.clone(), stop.clone())
+    checks::spawn(&cfg.health, tx.clone(), stop.clone(), metrics.clone())
         .map_err(io("cannot start the health-check threads"))?;
     if let Some(addr) = cfg.http {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -439,42 +439,24 @@ struct Shell {
 }
 
 impl Shell {
-    /// Counts what the health checks report, for `/metrics`.
+    /// Times the storage heartbeat writes, for `/metrics` (the other checks time themselves).
     fn observe(&self, input: &Input) {
         use crate::health::WriteOutcome;
-        let m = &self.metrics;
-        match input {
-            Input::StorageWrite { path, outcome } => {
-                let (result, secs) = match outcome {
-                    WriteOutcome::Ok { latency } => ("ok", latency.as_secs_f64()),
-                    WriteOutcome::Failed => ("failed", 0.0),
-                    WriteOutcome::TimedOut => ("timed_out", 0.0),
-                };
-                m.storage_write_seconds
-                    .get_or_create(&vec![
-                        ("path", path.to_string()),
-                        ("result", result.to_owned()),
-                    ])
-                    .observe(secs);
-            }
-            Input::AgentCheck { alive } => {
-                m.checks
-                    .get_or_create(&vec![
-                        ("check", "agent".to_owned()),
-                        ("result", if *alive { "ok" } else { "failed" }.to_owned()),
-                    ])
-                    .inc();
-            }
-            Input::IsolationCheck { ok } => {
-                m.checks
-                    .get_or_create(&vec![
-                        ("check", "isolation".to_owned()),
-                        ("result", if *ok { "ok" } else { "failed" }.to_owned()),
-                    ])
-                    .inc();
-            }
-            _ => {}
-        }
+        let Input::StorageWrite { path, outcome } = input else {
+            return;
+        };
+        let (result, secs) = match outcome {
+            WriteOutcome::Ok { latency } => ("ok", latency.as_secs_f64()),
+            WriteOutcome::Failed => ("failed", 0.0),
+            WriteOutcome::TimedOut => ("timed_out", 0.0),
+        };
+        self.metrics
+            .storage_write_seconds
+            .get_or_create(&vec![
+                ("path", path.to_string()),
+                ("result", result.to_owned()),
+            ])
+            .observe(secs);
     }
 
     /// Carries out one API action: the audit event first, then the core's command; answers
