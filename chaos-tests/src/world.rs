@@ -69,7 +69,51 @@ pub enum StorageMode {
     /// Writes and reads fail at once.
     Fail,
     /// Writes and reads never complete (a hard-mounted NFS server that stopped answering).
+    /// Writes already under way complete, and land, when the mode changes back.
     Hang,
+    /// The host's writes and reads go to a directory of its own that nobody else sees (the
+    /// shared mount failed at boot, or was replaced underneath): its writes succeed and it reads
+    /// back what it wrote, but its peers see nothing. `marker`: the private directory holds a
+    /// copy of the cluster marker (a stale copy of the shared tree, say).
+    Private {
+        /// A cluster marker is present in the private directory.
+        marker: bool,
+    },
+}
+
+/// How a host's reads of one storage path behave, apart from its writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// As the path's storage mode says.
+    Normal,
+    /// Each read cycle takes about this long (it may exceed the timeout and be abandoned).
+    Slow {
+        /// Typical latency, µs.
+        latency_us: u64,
+    },
+    /// Read cycles never complete (abandoned at the timeout).
+    Hang,
+    /// Read cycles fail at once.
+    Fail,
+}
+
+/// Which clock the simulated daemon reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonClock {
+    /// A clock that keeps running across daemon restarts within a boot (CLOCK_BOOTTIME).
+    Boot,
+    /// A clock that starts again with every daemon process (std::time::Instant since start).
+    Process,
+}
+
+/// How the simulated daemon makes a `Persist` durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistMode {
+    /// The node task waits for the write: no input is handled and no output leaves meanwhile.
+    Blocking,
+    /// The write runs in the background: the node keeps handling inputs; outputs after the
+    /// `Persist` wait for it, except membership datagrams that carry nothing it holds.
+    Pipelined,
 }
 
 /// How a host's BMC behaves.
@@ -130,6 +174,46 @@ pub enum Fault {
     /// serving cached attributes) while the host keeps writing. Used to prove that I2's checker
     /// catches a fence of a live writer.
     FreezeReads(usize),
+    /// This host's own reads are served from a frozen cache of the whole path (its NFS client
+    /// serves stale data for every slot, its own included) until [`Fault::ThawReader`].
+    FreezeReader(usize),
+    /// This host's reads are fresh again.
+    ThawReader(usize),
+    /// Reads of `hosts` (all paths, or one) change behaviour, independently of their writes.
+    Reads {
+        /// Hosts affected.
+        hosts: Vec<usize>,
+        /// One path, or all.
+        path: Option<usize>,
+        /// New behaviour.
+        mode: ReadMode,
+    },
+    /// The daemon is stopped on purpose (`systemctl stop`, an upgrade): it leaves the cluster,
+    /// magic-closes its watchdog, and the host's VMs keep running.
+    StopDaemon(usize),
+    /// The daemon's node task stops for this many µs (a slow fsync, a busy disk): inputs queue
+    /// up, nothing is handled or sent; heartbeat threads and the transport go on.
+    StallNode(usize, u64),
+    /// The whole daemon process stops for this many µs (SIGSTOP, a VM pause): no heartbeat
+    /// writes or reads, no keepalives, nothing handled.
+    StallProcess(usize, u64),
+    /// The host loses power and stays off; its BMC (on standby power) answers Off.
+    PowerLoss(usize),
+    /// The daemon's durable state is lost (disk replaced): the daemon dies, and starts again
+    /// without its state file after this many µs.
+    WipeDisk(usize, u64),
+    /// Persists of this host take between these many µs (a slow or busy disk).
+    DiskLatency(usize, u64, u64),
+    /// The BMC of `bmc` cannot be reached from the members `from` (the out-of-band network is
+    /// partitioned from them): their agent calls hang until killed.
+    BmcUnreachable {
+        /// Whose BMC.
+        bmc: usize,
+        /// Who cannot reach it.
+        from: Vec<usize>,
+    },
+    /// Every BMC is reachable from everyone again.
+    BmcHeal,
 }
 
 /// When a trigger fires: right after the daemon emits a matching output.
@@ -182,6 +266,15 @@ pub struct SimParams {
     pub bmc_on_us: u64,
     /// See `bmc_off_us`.
     pub bmc_fail_us: u64,
+    /// The clock the daemons read.
+    pub daemon_clock: DaemonClock,
+    /// Uptime of every host when the run begins, µs (uniform): a long uptime tests clocks that
+    /// are far from their origin.
+    pub initial_uptime_us: (u64, u64),
+    /// How long a persist takes, µs (uniform), unless a fault changes it.
+    pub persist_latency_us: (u64, u64),
+    /// How the daemons make a persist durable.
+    pub persist_mode: PersistMode,
 }
 
 impl Default for SimParams {
@@ -196,6 +289,10 @@ impl Default for SimParams {
             bmc_status_us: 200 * MS,
             bmc_on_us: 260 * MS,
             bmc_fail_us: 100 * MS,
+            daemon_clock: DaemonClock::Process,
+            initial_uptime_us: (10 * SEC, 100 * SEC),
+            persist_latency_us: (0, 0),
+            persist_mode: PersistMode::Blocking,
         }
     }
 }
@@ -253,9 +350,71 @@ pub struct Host {
     next_wake: Option<u64>,
     /// Whether the daemon should be running (false after a crash until its restart).
     daemon_wanted: bool,
+    /// Ground truth: the daemon was stopped cleanly and has not started since.
+    pub clean_stopped: bool,
+    /// Reads per path, apart from the storage mode.
+    pub reads: Vec<ReadMode>,
+    /// Per path: writes under way that hang (they land when the path answers again).
+    hung: Vec<Vec<HeartbeatRecord>>,
+    /// This host's reads come from this frozen copy of every path (a stale client cache).
+    frozen_view: Option<StorageView>,
+    /// Per path: what this host's private directory holds (see [`StorageMode::Private`]).
+    private: Vec<StorageView1>,
+    /// The node task (or the whole process) does not run before this true time.
+    blocked_until: Option<u64>,
+    /// The whole process is stopped (no heartbeat threads either).
+    process_stalled: bool,
+    /// Inputs that arrived while the node task was blocked, in order.
+    held: VecDeque<Input>,
+    /// Outputs waiting for the persist in flight, in order.
+    pending: VecDeque<Output>,
+    /// A persist is being written (its state, and when it completes).
+    persist_inflight: Option<(Box<DurableState>, u64)>,
+    /// Generation held by the last completed persist.
+    durable_generation: u32,
+    /// Persist latency range, µs.
+    persist_latency_us: (u64, u64),
+    /// With a per-process daemon clock: the host-clock reading the daemon's clock starts from.
+    proc_origin: Option<Instant>,
+    /// Ground truth: the highest daemon generation this host has run (reuse is a bug).
+    pub max_generation: u32,
+    /// Members whose agent calls cannot reach this host's BMC.
+    pub bmc_unreachable_from: Vec<usize>,
 }
 
+/// One path's slots as some reader sees them.
+#[derive(Debug, Clone, Default)]
+pub struct StorageView1 {
+    /// Heartbeat slots by member.
+    pub hb: Vec<Option<HeartbeatRecord>>,
+    /// Pill slots by member.
+    pub pill: Vec<Option<Arc<QuorumCertificate>>>,
+}
+
+/// Every path's slots as some reader sees them.
+pub type StorageView = Vec<StorageView1>;
+
 impl Host {
+    /// The daemon's clock at true time `t`: the host's clock, or with a per-process clock the
+    /// time since the daemon started (plus one second, so that it is never zero).
+    fn dlocal(&self, t: u64) -> Instant {
+        let l = self.local(t);
+        match self.proc_origin {
+            Some(o) => Instant::from_micros(SEC + l.as_micros().saturating_sub(o.as_micros())),
+            None => l,
+        }
+    }
+
+    /// True time at which the daemon's clock reads `local`.
+    fn dtrue_at(&self, local: Instant) -> u64 {
+        match self.proc_origin {
+            Some(o) => self.true_at(Instant::from_micros(
+                (local.as_micros() + o.as_micros()).saturating_sub(SEC),
+            )),
+            None => self.true_at(local),
+        }
+    }
+
     /// Local monotonic clock reading at true time `t`.
     fn local(&self, t: u64) -> Instant {
         let dt = t.saturating_sub(self.clock_t0) as i128;
@@ -282,8 +441,13 @@ impl Host {
         self.storage.iter().all(|m| match m {
             StorageMode::Ok => false,
             StorageMode::Slow { latency_us } => latency_us * 80 / 100 > write_timeout_us,
-            StorageMode::Fail | StorageMode::Hang => true,
+            StorageMode::Fail | StorageMode::Hang | StorageMode::Private { .. } => true,
         })
+    }
+
+    /// Whether the daemon's node task is blocked (stalled, or waiting for a blocking persist).
+    fn blocked(&self) -> bool {
+        self.blocked_until.is_some()
     }
 }
 
@@ -337,6 +501,25 @@ enum Ev {
     Expect(usize, Option<u64>),
     Fault(Fault),
     Restart(usize),
+    /// A stall of the node task (or process) may be over.
+    Unblock(usize, u64),
+    /// A persist of this daemon instance completed.
+    PersistDone(usize, u64),
+    /// A hung write on (host, path) completes now that the path answers again.
+    HungLand {
+        host: usize,
+        path: usize,
+        record: HeartbeatRecord,
+    },
+    /// A slow read cycle of (host, epoch, path) completes with what it saw when it started.
+    ReadDone {
+        host: usize,
+        epoch: u64,
+        path: usize,
+        view: StorageView1,
+    },
+    /// Ask every daemon what it would tell a cloud about every member.
+    CloudPoll,
 }
 
 /// A fence start seen in a run.
@@ -497,6 +680,8 @@ pub struct World {
     /// Per host, the last time it was in a network partition smaller than a quorum.
     minority_at: Vec<Option<u64>>,
     votes: HashMap<(usize, Proposal), VoteRecord>,
+    /// (reporter, target, boot) already reported as a wrong DEAD.
+    cloud_reported: std::collections::HashSet<(usize, usize, BootId)>,
     checks: Checks,
     result: RunResult,
     end: u64,
@@ -559,6 +744,27 @@ impl World {
                     storage_lost_since: None,
                     next_wake: None,
                     daemon_wanted: true,
+                    clean_stopped: false,
+                    reads: vec![ReadMode::Normal; paths],
+                    hung: vec![Vec::new(); paths],
+                    frozen_view: None,
+                    private: vec![
+                        StorageView1 {
+                            hb: vec![None; spec.nodes],
+                            pill: vec![None; spec.nodes],
+                        };
+                        paths
+                    ],
+                    blocked_until: None,
+                    process_stalled: false,
+                    held: VecDeque::new(),
+                    pending: VecDeque::new(),
+                    persist_inflight: None,
+                    durable_generation: 0,
+                    persist_latency_us: spec.params.persist_latency_us,
+                    proc_origin: None,
+                    max_generation: 0,
+                    bmc_unreachable_from: Vec::new(),
                 }
             })
             .collect();
@@ -584,6 +790,7 @@ impl World {
             all_lost_since: None,
             minority_at: vec![None; n],
             votes: HashMap::new(),
+            cloud_reported: Default::default(),
             result: RunResult {
                 seed: spec.seed,
                 trace: spec.trace.then(Vec::new),
@@ -604,6 +811,9 @@ impl World {
         }
         for (at, fault) in spec.faults {
             w.schedule(at, Ev::Fault(fault));
+        }
+        if n <= 16 {
+            w.schedule(SEC, Ev::CloudPoll);
         }
         w
     }
@@ -696,12 +906,7 @@ impl World {
                 // A write lands only if the host still runs the boot that issued it.
                 let hs = &self.hosts[host];
                 if hs.os == Os::Running && hs.boot == record.boot {
-                    self.storage.hb[path][host] = Some(record);
-                    let hs = &mut self.hosts[host];
-                    hs.writes.push_back(self.now);
-                    while hs.writes.len() > 32 {
-                        hs.writes.pop_front();
-                    }
+                    self.land(host, path, record);
                 }
             }
             Ev::HbRead(h, epoch) => self.hb_read(h, epoch),
@@ -742,6 +947,25 @@ impl World {
                     self.start_daemon(h);
                 }
             }
+            Ev::Unblock(h, epoch) => {
+                if self.hosts[h].epoch == epoch {
+                    self.unblock(h, false);
+                }
+            }
+            Ev::PersistDone(h, epoch) => self.persist_done(h, epoch),
+            Ev::HungLand { host, path, record } => {
+                let hs = &self.hosts[host];
+                if hs.os == Os::Running && hs.boot == record.boot {
+                    self.land(host, path, record);
+                }
+            }
+            Ev::ReadDone {
+                host,
+                epoch,
+                path,
+                view,
+            } => self.deliver_read(host, epoch, path, &view),
+            Ev::CloudPoll => self.cloud_poll(),
         }
     }
 
@@ -751,7 +975,12 @@ impl World {
         if self.hosts[h].os != Os::Booting {
             return;
         }
-        let base = self.rng.random_range(10 * SEC..100 * SEC);
+        let (lo, hi) = if self.hosts[h].boot_seq == 0 {
+            self.params.initial_uptime_us
+        } else {
+            (10 * SEC, 100 * SEC)
+        };
+        let base = self.rng.random_range(lo..=hi.max(lo));
         let seed = self.seed;
         let now = self.now;
         let hs = &mut self.hosts[h];
@@ -778,9 +1007,19 @@ impl World {
 
     fn start_daemon(&mut self, h: usize) {
         let seed = self.seed ^ ((h as u64 + 1) << 32) ^ (self.hosts[h].epoch + 1);
-        let local = self.hosts[h].local(self.now);
+        let process_clock = self.params.daemon_clock == DaemonClock::Process;
+        let now = self.now;
         let hs = &mut self.hosts[h];
+        hs.proc_origin = process_clock.then(|| hs.local(now));
+        let local = hs.dlocal(now);
         hs.epoch += 1;
+        hs.clean_stopped = false;
+        hs.blocked_until = None;
+        hs.process_stalled = false;
+        hs.held.clear();
+        hs.pending.clear();
+        hs.persist_inflight = None;
+        hs.durable_generation = hs.disk.as_ref().map_or(0, |d| d.generation);
         let node = Node::new(
             self.cfg.clone(),
             MemberId(h as u16),
@@ -794,8 +1033,16 @@ impl World {
             Ok(n) => n,
             Err(e) => panic!("node h{h} failed to start: {e}"),
         };
+        if node.generation() <= self.hosts[h].max_generation {
+            let (g, max) = (node.generation(), self.hosts[h].max_generation);
+            self.push_violations(vec![(
+                "I9",
+                format!("h{h}'s daemon started with generation {g}, but generation {max} already ran"),
+            )]);
+        }
         self.mark_minorities();
         let hs = &mut self.hosts[h];
+        hs.max_generation = hs.max_generation.max(node.generation());
         hs.node = Some(Box::new(node));
         hs.next_wake = None;
         let epoch = hs.epoch;
@@ -810,6 +1057,35 @@ impl World {
         self.drain(h);
     }
 
+    /// Stops the daemon on purpose: it is told to shut down, its last outputs go out, the
+    /// watchdog is magic-closed (it no longer resets the host), and the VMs keep running.
+    fn stop_daemon(&mut self, h: usize) {
+        if self.hosts[h].node.is_none() {
+            return;
+        }
+        // A blocked node task finishes what it was doing first (the daemon's shutdown waits
+        // for the node task); anything still held is then handled before the shutdown.
+        self.unblock(h, true);
+        self.feed(h, Input::Shutdown);
+        if self.hosts[h].node.is_none() {
+            return;
+        }
+        check!(self.on_daemon_gone(h));
+        let hs = &mut self.hosts[h];
+        hs.node = None;
+        hs.epoch += 1;
+        hs.next_wake = None;
+        hs.daemon_wanted = false;
+        hs.clean_stopped = true;
+        hs.wd_armed = false;
+        hs.held.clear();
+        hs.pending.clear();
+        hs.persist_inflight = None;
+        hs.blocked_until = None;
+        self.mark_minorities();
+        self.trace(Some(h), || "daemon stopped cleanly (VMs run on)".into());
+    }
+
     fn crash_daemon(&mut self, h: usize, restart_after: Option<u64>) {
         if self.hosts[h].node.is_none() {
             return;
@@ -819,6 +1095,7 @@ impl World {
         self.hosts[h].epoch += 1;
         self.hosts[h].next_wake = None;
         self.hosts[h].daemon_wanted = false;
+        self.clear_daemon_state(h);
         let ctx_host = h;
         check!(self.on_daemon_gone(ctx_host));
         self.trace(Some(h), || "daemon crashes".into());
@@ -836,6 +1113,7 @@ impl World {
         if self.hosts[h].node.is_some() {
             check!(self.on_daemon_gone(h));
         }
+        self.clear_daemon_state(h);
         let hs = &mut self.hosts[h];
         hs.node = None;
         hs.epoch += 1;
@@ -843,6 +1121,8 @@ impl World {
         hs.vms_running = false;
         hs.wd_armed = false;
         hs.daemon_wanted = true;
+        hs.clean_stopped = false;
+        hs.hung.iter_mut().for_each(Vec::clear);
         if power_off {
             hs.os = Os::Off;
         } else {
@@ -895,12 +1175,41 @@ impl World {
 
     // ----- the daemon shell -----------------------------------------------------------------
 
+    /// Forgets what a daemon instance had in progress (it is gone).
+    fn clear_daemon_state(&mut self, h: usize) {
+        let hs = &mut self.hosts[h];
+        hs.held.clear();
+        hs.pending.clear();
+        hs.persist_inflight = None;
+        hs.blocked_until = None;
+        hs.process_stalled = false;
+    }
+
     fn feed(&mut self, h: usize, input: Input) {
-        let local = self.hosts[h].local(self.now);
-        let Some(node) = self.hosts[h].node.as_mut() else {
+        let local = self.hosts[h].dlocal(self.now);
+        let hs = &mut self.hosts[h];
+        if hs.node.is_none() {
+            return;
+        }
+        if hs.blocked() {
+            if matches!(input, Input::Tick) {
+                // Timers are looked at again when the node task runs.
+                return;
+            }
+            // The daemon's inbox (8192 messages): network input that finds it full is dropped,
+            // local threads wait (here: are kept).
+            if hs.held.len() >= 8192 && matches!(input, Input::Datagram { .. }) {
+                return;
+            }
+            hs.held.push_back(input);
+            return;
+        }
+        let Some(node) = hs.node.as_mut() else {
             return;
         };
         node.handle(local, input);
+        let g = node.generation();
+        hs.max_generation = hs.max_generation.max(g);
         self.drain(h);
     }
 
@@ -909,6 +1218,80 @@ impl World {
     fn feed_instance(&mut self, h: usize, epoch: u64, input: Input) {
         if self.hosts[h].epoch == epoch {
             self.feed(h, input);
+        }
+    }
+
+    /// Blocks `h`'s node task until true time `until` (a stall, or a blocking persist).
+    fn block(&mut self, h: usize, until: u64) {
+        let hs = &mut self.hosts[h];
+        let until = hs.blocked_until.map_or(until, |u| u.max(until));
+        hs.blocked_until = Some(until);
+        let epoch = hs.epoch;
+        self.schedule(until, Ev::Unblock(h, epoch));
+    }
+
+    /// The node task runs again: release the outputs it was holding, then handle what queued up
+    /// meanwhile, in order. `force`: now, whatever the block's end (a clean stop waits for it).
+    fn unblock(&mut self, h: usize, force: bool) {
+        let hs = &mut self.hosts[h];
+        match hs.blocked_until {
+            None => return,
+            Some(u) if u > self.now && !force => return,
+            Some(_) => {}
+        }
+        hs.blocked_until = None;
+        hs.process_stalled = false;
+        if force && let Some((state, _)) = hs.persist_inflight.take() {
+            hs.durable_generation = state.generation;
+            hs.disk = Some(*state);
+        }
+        self.release_pending(h);
+        while !self.hosts[h].blocked() {
+            let Some(input) = self.hosts[h].held.pop_front() else {
+                break;
+            };
+            self.feed(h, input);
+        }
+        if !self.hosts[h].blocked() {
+            self.drain(h);
+        }
+    }
+
+    /// A persist completed: it is on disk; outputs held behind it may go.
+    fn persist_done(&mut self, h: usize, epoch: u64) {
+        let hs = &mut self.hosts[h];
+        if hs.epoch != epoch {
+            return;
+        }
+        let Some((state, _)) = hs.persist_inflight.take() else {
+            return;
+        };
+        hs.durable_generation = state.generation;
+        hs.disk = Some(*state);
+        match self.params.persist_mode {
+            PersistMode::Blocking => self.unblock(h, true),
+            PersistMode::Pipelined => {
+                self.release_pending(h);
+                self.drain(h);
+            }
+        }
+    }
+
+    /// Carries out held outputs in order until the next persist that must be waited for.
+    fn release_pending(&mut self, h: usize) {
+        let epoch = self.hosts[h].epoch;
+        let mut after_vote = false;
+        while self.hosts[h].persist_inflight.is_none() && !self.hosts[h].blocked_until.is_some_and(|u| u > self.now) {
+            let Some(o) = self.hosts[h].pending.pop_front() else {
+                break;
+            };
+            if self.hosts[h].epoch != epoch {
+                return;
+            }
+            self.output_one(h, o, &mut after_vote);
+            if self.hosts[h].epoch != epoch {
+                return;
+            }
         }
     }
 
@@ -929,19 +1312,47 @@ impl World {
                 // The daemon crashed in the middle of its outputs: the rest never happened.
                 return;
             }
-            let trigger = self.trigger_for(h, &o, &mut after_vote);
-            self.output(h, o);
-            if let Some(restart) = trigger {
-                self.crash_daemon(h, Some(restart));
-                return;
+            let hs = &mut self.hosts[h];
+            if hs.persist_inflight.is_some() || !hs.pending.is_empty() {
+                hs.pending.push_back(o);
+                continue;
             }
+            self.output_one(h, o, &mut after_vote);
+        }
+        if self.hosts[h].epoch != epoch || self.hosts[h].blocked() {
+            return;
         }
         if let Some(node) = self.hosts[h].node.as_ref() {
-            let at = self.hosts[h].true_at(node.poll_timeout()).max(self.now + 1);
+            let at = self.hosts[h]
+                .dtrue_at(node.poll_timeout())
+                .max(self.now + 1);
             if self.hosts[h].next_wake.is_none_or(|w| at < w) {
                 self.hosts[h].next_wake = Some(at);
                 self.schedule(at, Ev::Wake(h));
             }
+        }
+    }
+
+    /// Carries out one output now (a persist with latency starts its write instead), firing a
+    /// crash trigger if it matches.
+    fn output_one(&mut self, h: usize, o: Output, after_vote: &mut bool) {
+        let trigger = self.trigger_for(h, &o, after_vote);
+        match o {
+            Output::Persist(state) if self.hosts[h].persist_latency_us.1 > 0 => {
+                let (lo, hi) = self.hosts[h].persist_latency_us;
+                let lat = self.rng.random_range(lo..=hi.max(lo));
+                let epoch = self.hosts[h].epoch;
+                let done = self.now + lat.max(1);
+                self.hosts[h].persist_inflight = Some((state, done));
+                self.schedule(done, Ev::PersistDone(h, epoch));
+                if self.params.persist_mode == PersistMode::Blocking {
+                    self.block(h, done);
+                }
+            }
+            o => self.output(h, o),
+        }
+        if let Some(restart) = trigger {
+            self.crash_daemon(h, Some(restart));
         }
     }
 
@@ -967,7 +1378,10 @@ impl World {
 
     fn output(&mut self, h: usize, o: Output) {
         match o {
-            Output::Persist(state) => self.hosts[h].disk = Some(*state),
+            Output::Persist(state) => {
+                self.hosts[h].durable_generation = state.generation;
+                self.hosts[h].disk = Some(*state);
+            }
             Output::Send {
                 to,
                 bytes,
@@ -987,7 +1401,8 @@ impl World {
             }
             Output::Fence(cmd) => self.fence_command(h, cmd),
             Output::WritePill { id, target, qc } => {
-                let found = check!(self.on_authorised(h, &qc, "pill"));
+                let mut found = check!(self.on_authorised(h, &qc, "pill"));
+                found.extend(check!(self.on_level(&qc, "poison pill")));
                 self.push_violations(found);
                 self.write_pill(h, id, target.index(), Some(qc));
             }
@@ -1009,7 +1424,10 @@ impl World {
     }
 
     fn fence_command(&mut self, h: usize, cmd: FenceCommand) {
-        let found = check!(self.on_authorised(h, &cmd.qc, "fence command"));
+        let mut found = check!(self.on_authorised(h, &cmd.qc, "fence command"));
+        if cmd.action == AgentAction::Off {
+            found.extend(check!(self.on_level(&cmd.qc, "agent off")));
+        }
         self.push_violations(found);
         let target = cmd.target.index();
         let epoch = self.hosts[h].epoch;
@@ -1021,7 +1439,13 @@ impl World {
                 cmd.action, cmd.level
             )
         });
-        match self.hosts[target].bmc {
+        let bmc = if self.hosts[target].bmc_unreachable_from.contains(&h) {
+            // The out-of-band network does not reach it from here: the call hangs.
+            BmcMode::Hang
+        } else {
+            self.hosts[target].bmc
+        };
+        match bmc {
             BmcMode::Ok => {
                 let (lat, result) = match cmd.action {
                     AgentAction::Off => (
@@ -1167,6 +1591,10 @@ impl World {
                     ok = false;
                     slowest = timeout;
                 }
+                StorageMode::Private { .. } => {
+                    // Written where only this host looks.
+                    self.hosts[h].private[path].pill[target] = qc.clone();
+                }
             }
         }
         if qc.is_some() {
@@ -1300,6 +1728,10 @@ impl World {
         if !self.reschedule(h, epoch, Ev::HbWrite(h, epoch)) {
             return;
         }
+        if self.hosts[h].process_stalled {
+            // The writer thread is stopped with the rest of the process.
+            return;
+        }
         let timeout = self.cfg.storage.write_timeout.as_micros() as u64;
         let generation = self.hosts[h]
             .node
@@ -1314,9 +1746,15 @@ impl World {
             counter: self.hosts[h].hb_counter,
         };
         for path in 0..self.storage.hb.len() {
+            let report = |outcome| Ev::HbReport {
+                host: h,
+                epoch,
+                path,
+                outcome,
+            };
             match self.hosts[h].storage[path] {
-                StorageMode::Ok | StorageMode::Slow { .. } => {
-                    let lat = match self.hosts[h].storage[path] {
+                mode @ (StorageMode::Ok | StorageMode::Slow { .. } | StorageMode::Private { .. }) => {
+                    let lat = match mode {
                         StorageMode::Slow { latency_us } => {
                             latency_us * self.rng.random_range(80..=120) / 100
                         }
@@ -1327,61 +1765,72 @@ impl World {
                     // The data becomes visible to readers somewhere between the start of the
                     // write and its completion (before fsync returns, on NFS).
                     let visible = lat * self.rng.random_range(30..=100) / 100;
-                    self.after(
-                        visible,
-                        Ev::HbLand {
-                            host: h,
-                            path,
-                            record,
-                        },
-                    );
-                    if lat <= timeout {
-                        self.after(
-                            lat,
-                            Ev::HbReport {
-                                host: h,
-                                epoch,
-                                path,
-                                outcome: WriteOutcome::Ok {
-                                    latency: std::time::Duration::from_micros(lat),
-                                },
-                            },
-                        );
+                    if matches!(mode, StorageMode::Private { .. }) {
+                        self.hosts[h].private[path].hb[h] = Some(record);
                     } else {
                         self.after(
-                            timeout,
-                            Ev::HbReport {
+                            visible,
+                            Ev::HbLand {
                                 host: h,
-                                epoch,
                                 path,
-                                outcome: WriteOutcome::TimedOut,
+                                record,
                             },
                         );
                     }
+                    if lat <= timeout {
+                        let outcome = WriteOutcome::Ok {
+                            latency: std::time::Duration::from_micros(lat),
+                        };
+                        self.after(lat, report(outcome));
+                    } else {
+                        self.after(timeout, report(WriteOutcome::TimedOut));
+                    }
                 }
-                StorageMode::Fail => {
-                    self.after(
-                        MS,
-                        Ev::HbReport {
-                            host: h,
-                            epoch,
-                            path,
-                            outcome: WriteOutcome::Failed,
-                        },
-                    );
-                }
+                StorageMode::Fail => self.after(MS, report(WriteOutcome::Failed)),
                 StorageMode::Hang => {
-                    self.after(
-                        timeout,
-                        Ev::HbReport {
-                            host: h,
-                            epoch,
-                            path,
-                            outcome: WriteOutcome::TimedOut,
-                        },
-                    );
+                    // The write hangs until the path answers again, and then lands. The daemon
+                    // abandons at most four hung writers per path, then reports at once.
+                    let hung = &mut self.hosts[h].hung[path];
+                    if hung.len() < 4 {
+                        hung.push(record);
+                        self.after(timeout, report(WriteOutcome::TimedOut));
+                    } else {
+                        self.after(MS, report(WriteOutcome::TimedOut));
+                    }
                 }
             }
+        }
+    }
+
+    /// A write becomes visible on shared storage.
+    fn land(&mut self, host: usize, path: usize, record: HeartbeatRecord) {
+        self.storage.hb[path][host] = Some(record);
+        let hs = &mut self.hosts[host];
+        hs.writes.push_back(self.now);
+        while hs.writes.len() > 32 {
+            hs.writes.pop_front();
+        }
+    }
+
+    /// What host `h` sees of `path` when it reads now.
+    fn view_for(&self, h: usize, path: usize) -> StorageView1 {
+        let hs = &self.hosts[h];
+        if let Some(v) = &hs.frozen_view {
+            return v[path].clone();
+        }
+        if matches!(hs.storage[path], StorageMode::Private { .. }) {
+            return hs.private[path].clone();
+        }
+        let n = self.hosts.len();
+        StorageView1 {
+            hb: (0..n)
+                .map(|m| match &self.storage.frozen[m] {
+                    // A writer's own client sees its own writes; other readers see the freeze.
+                    Some(snapshot) if m != h => snapshot[path],
+                    _ => self.storage.hb[path][m],
+                })
+                .collect(),
+            pill: self.storage.pill[path].clone(),
         }
     }
 
@@ -1389,40 +1838,153 @@ impl World {
         if !self.reschedule(h, epoch, Ev::HbRead(h, epoch)) {
             return;
         }
+        if self.hosts[h].process_stalled {
+            return;
+        }
+        let timeout = self.cfg.storage.write_timeout.as_micros() as u64;
         for path in 0..self.storage.hb.len() {
-            if matches!(
-                self.hosts[h].storage[path],
-                StorageMode::Fail | StorageMode::Hang
-            ) {
+            let latency = match (self.hosts[h].reads[path], self.hosts[h].storage[path]) {
+                (ReadMode::Hang | ReadMode::Fail, _) => continue,
+                (_, StorageMode::Fail | StorageMode::Hang) => continue,
+                (ReadMode::Slow { latency_us }, _) => {
+                    latency_us * self.rng.random_range(80..=120) / 100
+                }
+                (ReadMode::Normal, _) => 0,
+            };
+            if latency > timeout {
+                // Abandoned by the reader's supervisor: no evidence either way.
                 continue;
             }
-            for m in 0..self.hosts.len() {
-                if m == h {
-                    continue;
+            let view = self.view_for(h, path);
+            if latency == 0 {
+                self.deliver_read(h, epoch, path, &view);
+                if self.hosts[h].epoch != epoch {
+                    return;
                 }
-                let record = match &self.storage.frozen[m] {
-                    Some(snapshot) => snapshot[path],
-                    None => self.storage.hb[path][m],
-                };
-                self.feed(
-                    h,
-                    Input::HeartbeatRead {
+            } else {
+                self.after(
+                    latency,
+                    Ev::ReadDone {
+                        host: h,
+                        epoch,
                         path,
-                        member: MemberId(m as u16),
-                        record,
+                        view,
                     },
                 );
-                if self.hosts[h].epoch != epoch {
-                    return;
+            }
+        }
+    }
+
+    /// Feeds one read cycle's findings: every member's slot (this host's own included, which a
+    /// reader checks its own writes with), and this host's pill slot if it holds a pill.
+    fn deliver_read(&mut self, h: usize, epoch: u64, path: usize, view: &StorageView1) {
+        for m in 0..self.hosts.len() {
+            if self.hosts[h].epoch != epoch {
+                return;
+            }
+            self.feed(
+                h,
+                Input::HeartbeatRead {
+                    path,
+                    member: MemberId(m as u16),
+                    record: view.hb[m],
+                },
+            );
+        }
+        if self.hosts[h].epoch != epoch {
+            return;
+        }
+        if let Some(pill) = view.pill[h].as_deref().cloned() {
+            self.feed(
+                h,
+                Input::PoisonPillRead {
+                    path,
+                    pill: Some(pill),
+                },
+            );
+        }
+    }
+
+    /// What every running daemon would tell a cloud's HA investigator about every member, checked
+    /// against ground truth (I5: DEAD makes the cloud restart the VMs elsewhere). Polled once a
+    /// second in clusters of up to 16 hosts.
+    fn cloud_poll(&mut self) {
+        let n = self.hosts.len();
+        let mut found = Vec::new();
+        for r in 0..n {
+            let Some(node) = self.hosts[r].node.as_ref() else {
+                continue;
+            };
+            for t in 0..n {
+                if t == r {
+                    continue;
+                }
+                let Some(boot) = node.cloud_dead(MemberId(t as u16)) else {
+                    continue;
+                };
+                let ht = &self.hosts[t];
+                // A boot the node never learnt stands for "whatever runs there".
+                let boot = if boot == BootId([0; 16]) { ht.boot } else { boot };
+                if ht.vms_of(boot) && self.cloud_reported.insert((r, t, boot)) {
+                    found.push((
+                        "I5",
+                        format!(
+                            "h{r} would answer DEAD to the cloud for h{t} ({boot:?}) while its VMs run"
+                        ),
+                    ));
                 }
             }
-            let pill = self.storage.pill[path][h].as_deref().cloned();
-            if pill.is_some() {
-                self.feed(h, Input::PoisonPillRead { path, pill });
-                if self.hosts[h].epoch != epoch {
-                    return;
+        }
+        self.push_violations(found);
+        self.after(SEC, Ev::CloudPoll);
+    }
+
+    /// Stops `h`'s node task (or its whole daemon process) for `us`.
+    fn stall(&mut self, h: usize, us: u64, process: bool) {
+        if self.hosts[h].node.is_none() {
+            return;
+        }
+        self.trace(Some(h), || {
+            format!(
+                "{} stalls for {} ms",
+                if process { "daemon process" } else { "node task" },
+                us / MS
+            )
+        });
+        self.block(h, self.now + us);
+        self.hosts[h].process_stalled |= process;
+    }
+
+    /// Changes how `h` reaches `path`. Writes that hung land when the path answers again (a
+    /// hard-mounted NFS server that comes back completes them); a private directory is empty
+    /// when it appears and forgotten when it goes.
+    fn set_storage_mode(&mut self, h: usize, path: usize, mode: StorageMode) {
+        let old = self.hosts[h].storage[path];
+        self.hosts[h].storage[path] = mode;
+        if old == StorageMode::Hang && mode != StorageMode::Hang {
+            let hung = std::mem::take(&mut self.hosts[h].hung[path]);
+            if matches!(mode, StorageMode::Ok | StorageMode::Slow { .. }) {
+                for record in hung {
+                    let d = self.rng.random_range(MS..=50 * MS);
+                    self.after(
+                        d,
+                        Ev::HungLand {
+                            host: h,
+                            path,
+                            record,
+                        },
+                    );
                 }
             }
+        }
+        let n = self.hosts.len();
+        let was_private = matches!(old, StorageMode::Private { .. });
+        let is_private = matches!(mode, StorageMode::Private { .. });
+        if was_private != is_private {
+            self.hosts[h].private[path] = StorageView1 {
+                hb: vec![None; n],
+                pill: vec![None; n],
+            };
         }
     }
 
@@ -1458,12 +2020,15 @@ impl World {
                 if self.hosts[h].node.is_some() {
                     check!(self.on_daemon_gone(h));
                 }
+                self.clear_daemon_state(h);
                 let hs = &mut self.hosts[h];
                 hs.os = Os::Panicked;
                 hs.node = None;
                 hs.epoch += 1;
                 hs.next_wake = None;
                 hs.vms_running = false;
+                hs.clean_stopped = false;
+                hs.hung.iter_mut().for_each(Vec::clear);
                 let armed = hs.wd_armed;
                 self.mark_minorities();
                 if armed {
@@ -1481,15 +2046,51 @@ impl World {
                 until_reboot,
             } => {
                 for h in hosts {
-                    let hs = &mut self.hosts[h];
-                    match path {
-                        Some(p) => hs.storage[p] = mode,
-                        None => hs.storage.iter_mut().for_each(|m| *m = mode),
+                    let paths: Vec<usize> = match path {
+                        Some(p) => vec![p],
+                        None => (0..self.storage.hb.len()).collect(),
+                    };
+                    for p in paths {
+                        self.set_storage_mode(h, p, mode);
                     }
-                    hs.storage_until_reboot = until_reboot && mode != StorageMode::Ok;
+                    self.hosts[h].storage_until_reboot = until_reboot && mode != StorageMode::Ok;
                 }
                 self.refresh_storage_truth();
             }
+            Fault::FreezeReader(h) => {
+                let view = (0..self.storage.hb.len())
+                    .map(|p| self.view_for(h, p))
+                    .collect();
+                self.hosts[h].frozen_view = Some(view);
+            }
+            Fault::ThawReader(h) => self.hosts[h].frozen_view = None,
+            Fault::Reads { hosts, path, mode } => {
+                for h in hosts {
+                    match path {
+                        Some(p) => self.hosts[h].reads[p] = mode,
+                        None => self.hosts[h].reads.iter_mut().for_each(|m| *m = mode),
+                    }
+                }
+            }
+            Fault::StopDaemon(h) => self.stop_daemon(h),
+            Fault::StallNode(h, us) => self.stall(h, us, false),
+            Fault::StallProcess(h, us) => self.stall(h, us, true),
+            Fault::PowerLoss(h) => {
+                if matches!(self.hosts[h].os, Os::Running | Os::Panicked | Os::Booting) {
+                    self.reset(h, true, "power loss");
+                }
+            }
+            Fault::WipeDisk(h, after) => {
+                self.crash_daemon(h, Some(after));
+                self.hosts[h].disk = None;
+                self.trace(Some(h), || "durable state lost".into());
+            }
+            Fault::DiskLatency(h, lo, hi) => self.hosts[h].persist_latency_us = (lo, hi),
+            Fault::BmcUnreachable { bmc, from } => self.hosts[bmc].bmc_unreachable_from = from,
+            Fault::BmcHeal => self
+                .hosts
+                .iter_mut()
+                .for_each(|h| h.bmc_unreachable_from.clear()),
             Fault::Partition(groups) => {
                 self.mark_minorities();
                 self.net.partition(&groups, self.now);
@@ -1564,7 +2165,7 @@ pub fn render_trace(r: &RunResult) -> String {
 /// Whether a proposal stops VMs (fence, or VM-stopping self-fence).
 pub fn stops_vms(p: &Proposal) -> bool {
     match p.kind {
-        FenceKind::Fence => true,
+        FenceKind::Fence | FenceKind::Operator => true,
         FenceKind::SelfFence(a) => a.stops_vms(),
     }
 }

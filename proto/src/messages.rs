@@ -19,15 +19,24 @@ pub enum FenceKind {
     /// The target asks the quorum's leave to take its own configured action, because it lost its
     /// own storage while its peers did not. Proposer and target are the same member.
     SelfFence(SelfFenceAction),
+    /// An operator's explicit fence of a host whose daemon was stopped cleanly. Voters accept it
+    /// although the host left (every other rule still applies), and only power-Off evidence
+    /// confirms it: a daemon that stopped cleanly closed its watchdog, so no deadline ever does.
+    Operator,
 }
 
 impl FenceKind {
     /// Whether carrying it out stops the target's VMs (and so spends fence budget).
     pub fn stops_vms(self) -> bool {
         match self {
-            FenceKind::Fence => true,
+            FenceKind::Fence | FenceKind::Operator => true,
             FenceKind::SelfFence(action) => action.stops_vms(),
         }
+    }
+
+    /// Whether another member runs it through fence levels (not a self-fence).
+    pub fn is_fence(self) -> bool {
+        matches!(self, FenceKind::Fence | FenceKind::Operator)
     }
 }
 

@@ -275,6 +275,7 @@ pub fn proposal_json(p: &Proposal, roster: &Roster) -> Value {
         "round": format!("{:?}", p.round),
         "kind": match p.kind {
             FenceKind::Fence => "fence".to_string(),
+            FenceKind::Operator => "operator-fence".to_string(),
             FenceKind::SelfFence(a) => format!("self_fence:{a:?}").to_lowercase(),
         },
         "budget_slot": p.budget_slot,

@@ -166,7 +166,7 @@ impl Node {
             lane,
         };
         let mut votes = BTreeMap::new();
-        if kind == FenceKind::Fence {
+        if kind.is_fence() {
             // The proposer is a voter like any other: same checks, same durable promise.
             match self.decide_vote(&proposal) {
                 Ok(evidence) => {
@@ -210,7 +210,7 @@ impl Node {
         }
         let facts = self.target_facts(t);
         match proposal.kind {
-            FenceKind::Fence => {
+            FenceKind::Fence | FenceKind::Operator => {
                 if let Some(r) = rules::refusal_for(rules::classify(&facts)) {
                     return Err(r);
                 }
@@ -417,7 +417,7 @@ impl Node {
                 votes: round.votes.into_values().collect(),
             };
             match qc.proposal.kind {
-                FenceKind::Fence => self.start_execution(Arc::new(qc)),
+                FenceKind::Fence | FenceKind::Operator => self.start_execution(Arc::new(qc)),
                 FenceKind::SelfFence(_) => self.self_fence_agreed(Arc::new(qc)),
             }
             return;
@@ -531,7 +531,7 @@ impl Node {
             return;
         }
         let window = match p.kind {
-            FenceKind::Fence => self.cfg.attempt_max(),
+            FenceKind::Fence | FenceKind::Operator => self.cfg.attempt_max(),
             FenceKind::SelfFence(_) => self.self_fence_confirm_wait().max(self.cfg.attempt_max()),
         };
         self.peers[p.target.index()].inflight = Some(Inflight {

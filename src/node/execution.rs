@@ -14,7 +14,7 @@ use crate::heartbeat::Liveness;
 use crate::rules::{self, TargetClass};
 use crate::time::Instant;
 use peerfence_proto::{
-    AbortReason, BootId, Evidence, FailReason, FenceKind, FenceOutcome, MemberId, Message,
+    AbortReason, BootId, Evidence, FailReason, FenceOutcome, MemberId, Message,
     OutcomeResult, Proposal, QuorumCertificate,
 };
 use std::sync::Arc;
@@ -482,7 +482,7 @@ impl Node {
             .durable
             .fence_log
             .iter()
-            .filter(|r| r.outcome.is_none() && r.qc.proposal.kind == FenceKind::Fence)
+            .filter(|r| r.outcome.is_none() && r.qc.proposal.kind.is_fence())
             .map(|r| Interrupted {
                 proposal: r.qc.proposal,
                 attempt: r.attempt,

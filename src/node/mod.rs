@@ -477,6 +477,17 @@ impl Node {
         }
     }
 
+    /// What a cloud's HA investigator (CloudStack's `kvmheartbeat.sh -r`) is told about `m`:
+    /// `Some(boot)` is DEAD for the VMs of that boot, and the cloud then restarts them elsewhere.
+    pub fn cloud_dead(&self, m: MemberId) -> Option<BootId> {
+        if m == self.me || !self.cfg.roster.contains(m) {
+            return None;
+        }
+        let p = &self.peers[m.index()];
+        let dead = p.ha == HaState::Fenced || matches!(self.liveness(m), Liveness::Stalled { .. });
+        if dead { Some(p.boot.unwrap_or(BootId([0; 16]))) } else { None }
+    }
+
     /// Targets with a fence in flight, run here or learnt from certificates.
     pub fn fences_in_flight(&self) -> Vec<MemberId> {
         let mut v: Vec<MemberId> = self.executions.keys().copied().collect();

@@ -10,6 +10,7 @@ mod i4_inflight_budget;
 mod i5_safe_to_recover;
 mod i6_liveness;
 mod i7_minority;
+mod i8_clean_stop;
 
 use crate::net::Network;
 use crate::world::{Host, RunResult};
@@ -65,6 +66,7 @@ pub struct Checks {
     i5: i5_safe_to_recover::Check,
     i6: i6_liveness::Check,
     i7: i7_minority::Check,
+    i8: i8_clean_stop::Check,
 }
 
 impl Checks {
@@ -78,6 +80,7 @@ impl Checks {
             i5: i5_safe_to_recover::Check,
             i6: i6_liveness::Check,
             i7: i7_minority::Check,
+            i8: i8_clean_stop::Check,
         }
     }
 
@@ -105,6 +108,14 @@ impl Checks {
         f.extend(self.i3.on_action(ctx, "fence start"));
         f.extend(self.i4.on_start(ctx, executor, &qc.proposal, attempt));
         f.extend(self.i7.on_action(ctx, executor, "fence"));
+        f.extend(self.i8.on_action(ctx, &qc.proposal, "fence start"));
+        f
+    }
+
+    /// A level acts on the target (an agent `off`, a poison pill): the target is checked again.
+    pub fn on_level(&mut self, ctx: &Ctx, qc: &QuorumCertificate, what: &str) -> Found {
+        let mut f = self.i2.on_fence(ctx, qc.proposal.target.index(), what);
+        f.extend(self.i8.on_action(ctx, &qc.proposal, what));
         f
     }
 
