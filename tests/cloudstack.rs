@@ -1,5 +1,6 @@
 //! `peerfence cloudstack-heartbeat` against real daemons on loopback: read mode says ALIVE for a
-//! running member and DEAD once a killed member's storage heartbeat has stopped, write mode
+//! running member and still ALIVE once a killed member's heartbeat has stopped (DEAD is only for a
+//! confirmed fence), write mode
 //! follows the local storage heartbeat, `-c` is refused when the daemon would do nothing, an
 //! unknown host exits 2 and a missing daemon exits 3.
 //!
@@ -16,7 +17,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const ALIVE: &str = "=====> ALIVE <=====";
-const DEAD: &str = "=====> DEAD <======";
 
 fn heartbeat(args: &[&str], endpoint: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_peerfence"))
@@ -115,22 +115,27 @@ fn read_and_write_modes_follow_the_daemons_view() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("self-fence request refused"), "{err}");
 
-    // Kill n1: once n0 sees its heartbeat stop, read mode says DEAD (exit 0, as the original).
+    // Kill n1's daemon (its host, and its VMs, may well run on): even once n0 sees its
+    // heartbeat stop, read mode says ALIVE. In CloudStack a DEAD is the fence itself (the VMs
+    // are restarted elsewhere at once), so only a fence confirmed in n1's current boot may say
+    // it, and this cluster fences nobody (log-only, no fence level reaches n1).
     c.kill(1);
     let killed = Instant::now();
-    let o = wait_for(Duration::from_secs(30), || {
-        let o = heartbeat(&read_n1, &n0);
-        (first_line(&o) == DEAD).then_some(o)
+    wait_for(Duration::from_secs(30), || {
+        (c.view(0, 1)?["storage_alive"] == false).then_some(())
     })
-    .unwrap_or_else(|| {
-        panic!(
-            "read mode never said DEAD for the killed member; n0's view of it: {:?}",
-            c.view(0, 1)
-        )
-    });
-    eprintln!("DEAD {:?} after the kill", killed.elapsed());
+    .unwrap_or_else(|| panic!("n0 never saw n1's heartbeat stop: {:?}", c.view(0, 1)));
+    eprintln!(
+        "heartbeat stopped in n0's view {:?} after the kill",
+        killed.elapsed()
+    );
+    let o = heartbeat(&read_n1, &n0);
+    assert_eq!(first_line(&o), ALIVE, "{}", describe(&o));
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
-    assert_eq!(c.view(0, 1).unwrap()["storage_alive"], false);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("only a confirmed fence"), "{err}");
+    assert!(err.contains("stopped for"), "{err}");
+    assert_eq!(c.view(0, 1).unwrap()["dead"], false);
     // Its neighbours are still alive, and n0's own heartbeat is still healthy.
     let o = heartbeat(&["-r", "-h", "n2"], &n0);
     assert_eq!(first_line(&o), ALIVE, "{}", describe(&o));

@@ -87,6 +87,28 @@ fn a_hung_host_is_fenced_by_quorum_through_its_agent_and_confirmed_off() {
             .then_some(()))
         .is_some()
     );
+    // Now, and only now, the CloudStack drop-in answers DEAD for it (it said ALIVE while n3 was
+    // merely silent: a DEAD makes CloudStack restart the VMs at once).
+    let endpoint = format!("http://127.0.0.1:{}", c.members[0].http);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_peerfence"))
+        .args([
+            "cloudstack-heartbeat",
+            "-r",
+            "-h",
+            "n3",
+            "--endpoint",
+            &endpoint,
+        ])
+        .env_remove("PEERFENCE_ENDPOINT")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("=====> DEAD <======"),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(c.view(0, 3).unwrap()["dead"], true);
     // The agent really powered it off: the process is gone (killed by SIGKILL).
     let child = c.members[3].child.as_mut().unwrap();
     let status = wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());

@@ -1037,7 +1037,9 @@ impl World {
             let (g, max) = (node.generation(), self.hosts[h].max_generation);
             self.push_violations(vec![(
                 "I9",
-                format!("h{h}'s daemon started with generation {g}, but generation {max} already ran"),
+                format!(
+                    "h{h}'s daemon started with generation {g}, but generation {max} already ran"
+                ),
             )]);
         }
         self.mark_minorities();
@@ -1281,7 +1283,9 @@ impl World {
     fn release_pending(&mut self, h: usize) {
         let epoch = self.hosts[h].epoch;
         let mut after_vote = false;
-        while self.hosts[h].persist_inflight.is_none() && !self.hosts[h].blocked_until.is_some_and(|u| u > self.now) {
+        while self.hosts[h].persist_inflight.is_none()
+            && !self.hosts[h].blocked_until.is_some_and(|u| u > self.now)
+        {
             let Some(o) = self.hosts[h].pending.pop_front() else {
                 break;
             };
@@ -1753,7 +1757,9 @@ impl World {
                 outcome,
             };
             match self.hosts[h].storage[path] {
-                mode @ (StorageMode::Ok | StorageMode::Slow { .. } | StorageMode::Private { .. }) => {
+                mode @ (StorageMode::Ok
+                | StorageMode::Slow { .. }
+                | StorageMode::Private { .. }) => {
                     let lat = match mode {
                         StorageMode::Slow { latency_us } => {
                             latency_us * self.rng.random_range(80..=120) / 100
@@ -1924,7 +1930,11 @@ impl World {
                 };
                 let ht = &self.hosts[t];
                 // A boot the node never learnt stands for "whatever runs there".
-                let boot = if boot == BootId([0; 16]) { ht.boot } else { boot };
+                let boot = if boot == BootId([0; 16]) {
+                    ht.boot
+                } else {
+                    boot
+                };
                 if ht.vms_of(boot) && self.cloud_reported.insert((r, t, boot)) {
                     found.push((
                         "I5",
@@ -1947,7 +1957,11 @@ impl World {
         self.trace(Some(h), || {
             format!(
                 "{} stalls for {} ms",
-                if process { "daemon process" } else { "node task" },
+                if process {
+                    "daemon process"
+                } else {
+                    "node task"
+                },
                 us / MS
             )
         });

@@ -56,8 +56,9 @@ const TOTAL_TIMEOUT: Duration = Duration::from_secs(12);
 const AFTER_HELP: &str = "\
 Modes (as kvmheartbeat.sh):
   -r -h HOST   print '=====> ALIVE <=====' or '=====> DEAD <======' for HOST, from this host's
-               peerfence view. DEAD only when HOST's storage heartbeat has stopped advancing
-               (peerfence saw it stall while reading shared storage fine) or HOST is fenced.
+               peerfence view. DEAD only when peerfence fenced HOST and confirmed the fence in
+               HOST's current boot; anything else (a stopped heartbeat included) is ALIVE, with
+               the reason on stderr.
   -c           ask the local daemon to self-fence this host. It acts only if a quorum of the
                cluster agrees the fault is local; this command never reboots anything itself.
   (neither)    write mode: exit 0 while the local daemon's own storage heartbeat is healthy,
@@ -307,12 +308,13 @@ fn find<'a>(all: &[Member<'a>], host: &str) -> Result<Member<'a>, Failure> {
 
 /// Read mode: is HOST alive in this node's view?
 ///
-/// DEAD only on positive evidence: this node saw HOST's storage heartbeat stop advancing
-/// (`storage_alive == false`, which peerfence reports only while its own reads of every path
-/// are fresh, so a storage outage here shows as unknown, not as stopped), or HOST is `Fenced`.
-/// Everything else is ALIVE, including a heartbeat nobody knows yet: on DEAD the CloudStack
-/// management server restarts HOST's VMs on other hosts, and if HOST were in fact running,
-/// both copies would write the same disks. A wrong ALIVE only delays HA; a wrong DEAD corrupts.
+/// DEAD means exactly one thing: this node knows HOST fenced and confirmed in its current boot
+/// (`dead`, see `Node::cloud_dead`). In CloudStack's KVM HA a DEAD from the investigator *is*
+/// the fence: the management server restarts HOST's VMs elsewhere at once. So a stopped
+/// heartbeat, a dead daemon, a dead BMC, or a host that lost only its storage all answer ALIVE
+/// (with the reason on stderr): their VMs may well run, and a second copy would write the same
+/// disks. peerfence itself fences such a host when a quorum agrees, and answers DEAD once that
+/// fence is confirmed. A wrong ALIVE only delays HA; a wrong DEAD corrupts.
 ///
 /// The local host is always ALIVE: it is the host answering, so it is running.
 pub fn read_verdict(cluster: &Value, host: &str) -> Result<Verdict, Failure> {
@@ -327,43 +329,28 @@ pub fn read_verdict(cluster: &Value, host: &str) -> Result<Verdict, Failure> {
         });
     };
     let ha = p["ha"].as_str().ok_or_else(|| malformed("peers[].ha"))?;
+    let dead = p["dead"]
+        .as_bool()
+        .ok_or_else(|| malformed("peers[].dead"))?;
     let swim = p["swim"].as_str().unwrap_or("?");
-    let age = p["heartbeat_age_ms"].as_u64();
-    let age = age.map_or_else(|| "?".to_owned(), |a| a.to_string());
-    let storage_alive = match &p["storage_alive"] {
-        Value::Bool(b) => Some(*b),
-        Value::Null if p.get("storage_alive").is_some() => None,
-        _ => return Err(malformed("peers[].storage_alive")),
+    let heartbeat = match &p["storage_alive"] {
+        Value::Bool(true) => "advancing".to_owned(),
+        Value::Bool(false) => format!(
+            "stopped for {} ms",
+            p["heartbeat_age_ms"]
+                .as_u64()
+                .map_or_else(|| "?".to_owned(), |a| a.to_string())
+        ),
+        _ => "not known yet".to_owned(),
     };
-    let (dead, why) = if ha == "Fenced" {
-        (
-            true,
-            format!("{member} is fenced (confirmed) in this host's view (SWIM {swim})"),
-        )
+    let why = if dead {
+        format!("{member} is fenced and confirmed in its current boot in this host's view")
     } else {
-        match storage_alive {
-            Some(false) => (
-                true,
-                format!(
-                    "{member}'s storage heartbeat has not advanced for {age} ms in this host's \
-                     view (SWIM {swim}, HA {ha})"
-                ),
-            ),
-            Some(true) => (
-                false,
-                format!(
-                    "{member}'s storage heartbeat is advancing (last change {age} ms ago; SWIM \
-                     {swim}, HA {ha})"
-                ),
-            ),
-            None => (
-                false,
-                format!(
-                    "{member}'s storage heartbeat is not known yet in this host's view (SWIM \
-                     {swim}, HA {ha}); an unknown heartbeat never counts as dead"
-                ),
-            ),
-        }
+        format!(
+            "{member} is not fenced and confirmed in its current boot (HA {ha}, SWIM {swim}, \
+             storage heartbeat {heartbeat}): only a confirmed fence answers DEAD, because on DEAD \
+             CloudStack restarts its VMs elsewhere at once"
+        )
     };
     Ok(Verdict { dead, member, why })
 }
@@ -542,7 +529,8 @@ mod tests {
 
     fn peer(name: &str, member: u16, ha: &str, storage_alive: Value) -> Value {
         json!({"member": member, "name": name, "swim": "Alive", "ha": ha,
-               "storage_alive": storage_alive, "heartbeat_age_ms": 120})
+               "storage_alive": storage_alive, "heartbeat_age_ms": 120,
+               "dead": ha == "Fenced"})
     }
 
     /// n0 is the local node; n1..n3 are peers, each on its own IP.
@@ -571,14 +559,24 @@ mod tests {
         assert_eq!(DEAD_LINE, "=====> DEAD <======");
     }
 
+    /// A stopped heartbeat is a dead daemon, a dead BMC or a host without storage as often as a
+    /// dead host: its VMs may run, so it is never DEAD by itself.
     #[test]
-    fn stopped_heartbeat_is_dead_and_advancing_is_alive() {
-        let v = read_verdict(&three(json!(false), "Checking"), "n1").unwrap();
-        assert!(v.dead, "{v:?}");
-        assert_eq!(v.line(), DEAD_LINE);
-        assert_eq!(v.member, "n1");
-        assert!(v.why.contains("not advanced"), "{}", v.why);
-
+    fn a_stopped_heartbeat_is_alive_until_the_fence_is_confirmed() {
+        for ha in [
+            "Checking",
+            "Fencing",
+            "FenceFailed",
+            "Failed",
+            "Partitioned",
+            "Ineligible",
+        ] {
+            let v = read_verdict(&three(json!(false), ha), "n1").unwrap();
+            assert!(!v.dead, "{ha}: {v:?}");
+            assert_eq!(v.line(), ALIVE_LINE);
+            assert!(v.why.contains("stopped for 120 ms"), "{}", v.why);
+            assert!(v.why.contains("only a confirmed fence"), "{}", v.why);
+        }
         let v = read_verdict(&three(json!(true), "Available"), "n1").unwrap();
         assert!(!v.dead);
         assert_eq!(v.line(), ALIVE_LINE);
@@ -600,33 +598,25 @@ mod tests {
     }
 
     #[test]
-    fn fenced_is_dead_even_with_an_unknown_or_live_heartbeat() {
+    fn fenced_and_confirmed_is_dead_whatever_the_heartbeat() {
         for alive in [Value::Null, json!(true), json!(false)] {
             let v = read_verdict(&three(alive.clone(), "Fenced"), "n1").unwrap();
             assert!(v.dead, "{alive}: {v:?}");
-            assert!(v.why.contains("fenced"), "{}", v.why);
+            assert_eq!(v.line(), DEAD_LINE);
+            assert!(v.why.contains("fenced and confirmed"), "{}", v.why);
         }
     }
 
     #[test]
-    fn partitioned_and_other_states_with_a_live_heartbeat_are_alive() {
-        for ha in [
-            "Available",
-            "Suspect",
-            "Checking",
-            "Fencing",
-            "Partitioned",
-            "Unmanageable",
-            "FenceFailed",
-            "Failed",
-            "Ineligible",
-            "Disabled",
-        ] {
-            assert!(
-                !read_verdict(&three(json!(true), ha), "n1").unwrap().dead,
-                "{ha}"
-            );
-        }
+    fn a_status_without_the_dead_field_is_refused_not_guessed() {
+        let mut c = three(json!(false), "Checking");
+        c["node"]["peers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("dead");
+        let err = read_verdict(&c, "n1").unwrap_err();
+        assert!(err.to_string().contains("dead"), "{err}");
+        assert!(!err.to_string().contains("DEAD"), "{err}");
     }
 
     #[test]
@@ -710,7 +700,7 @@ mod tests {
 
     #[test]
     fn without_addresses_names_still_match() {
-        let mut c = three(json!(false), "Checking");
+        let mut c = three(json!(false), "Fenced");
         c.as_object_mut().unwrap().remove("addresses");
         assert!(read_verdict(&c, "n1").unwrap().dead);
         assert!(matches!(
@@ -722,10 +712,7 @@ mod tests {
     #[test]
     fn a_view_without_the_expected_fields_is_a_daemon_error_never_dead() {
         let mut c = three(json!(false), "Checking");
-        c["node"]["peers"][0]
-            .as_object_mut()
-            .unwrap()
-            .remove("storage_alive");
+        c["node"]["peers"][0].as_object_mut().unwrap().remove("ha");
         let err = read_verdict(&c, "n1").unwrap_err();
         assert_eq!(err.code(), EXIT_DAEMON, "{err}");
         assert!(!err.to_string().contains("DEAD"));

@@ -14,8 +14,8 @@ use crate::heartbeat::Liveness;
 use crate::rules::{self, TargetClass};
 use crate::time::Instant;
 use peerfence_proto::{
-    AbortReason, BootId, Evidence, FailReason, FenceOutcome, MemberId, Message,
-    OutcomeResult, Proposal, QuorumCertificate,
+    AbortReason, BootId, Evidence, FailReason, FenceOutcome, MemberId, Message, OutcomeResult,
+    Proposal, QuorumCertificate,
 };
 use std::sync::Arc;
 

@@ -127,6 +127,9 @@ pub struct PeerStatus {
     pub maintenance: bool,
     /// Failed fence attempts on its current boot.
     pub attempts: u16,
+    /// Fenced and confirmed in its current boot: the only state a cloud may be told DEAD for
+    /// ([`Node::cloud_dead`]).
+    pub dead: bool,
 }
 
 /// This node's view, for status endpoints and tests.
@@ -451,6 +454,7 @@ impl Node {
                     fence_devices: p.devices.clone(),
                     maintenance: self.durable.in_maintenance(m),
                     attempts: p.attempts,
+                    dead: self.cloud_dead(m).is_some(),
                 }
             })
             .collect();
@@ -479,13 +483,17 @@ impl Node {
 
     /// What a cloud's HA investigator (CloudStack's `kvmheartbeat.sh -r`) is told about `m`:
     /// `Some(boot)` is DEAD for the VMs of that boot, and the cloud then restarts them elsewhere.
+    ///
+    /// DEAD means "fenced and confirmed in its current boot" and nothing else. A stopped
+    /// heartbeat, a dead daemon, a dead BMC or a host that lost only its storage are not: for a
+    /// cloud, DEAD *is* the fence (it restarts the VMs at once), so anything short of a
+    /// confirmed fence would run every VM of a live host twice.
     pub fn cloud_dead(&self, m: MemberId) -> Option<BootId> {
         if m == self.me || !self.cfg.roster.contains(m) {
             return None;
         }
-        let p = &self.peers[m.index()];
-        let dead = p.ha == HaState::Fenced || matches!(self.liveness(m), Liveness::Stalled { .. });
-        if dead { Some(p.boot.unwrap_or(BootId([0; 16]))) } else { None }
+        let boot = self.peers[m.index()].boot?;
+        (self.durable.fenced_boot(m) == Some(boot)).then_some(boot)
     }
 
     /// Targets with a fence in flight, run here or learnt from certificates.
