@@ -632,7 +632,7 @@ mod tests {
 
     #[test]
     fn host_matches_by_ip_of_the_address() {
-        let c = three(json!(false), "Checking");
+        let c = three(json!(false), "Fenced");
         assert_eq!(read_verdict(&c, "10.0.0.11").unwrap().member, "n1");
         assert!(read_verdict(&c, "10.0.0.11").unwrap().dead);
         assert_eq!(read_verdict(&c, "10.0.0.12").unwrap().member, "n2");
