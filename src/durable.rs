@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 /// Version of this structure's encoding.
-pub const DURABLE_FORMAT: u32 = 1;
+pub const DURABLE_FORMAT: u32 = 2;
 
 /// Fence records kept (oldest dropped first).
 pub const FENCE_LOG_MAX: usize = 64;
@@ -80,6 +80,18 @@ pub struct FenceRecord {
     pub pill_written: bool,
 }
 
+/// A member whose daemon stopped cleanly: it told the cluster that peerfence no longer protects
+/// its host, and until it returns with a higher generation nobody fences it for its silence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftMember {
+    /// Member.
+    pub member: MemberId,
+    /// The generation that stopped.
+    pub generation: u32,
+    /// When this node learnt it (its own clock; re-armed after a reboot of this host).
+    pub since: Instant,
+}
+
 /// The last boot of a member known fenced (confirmed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FencedBoot {
@@ -120,6 +132,8 @@ pub struct DurableState {
     /// across a roster change (ids are indexes in the name-sorted roster, and shift when a
     /// member is added or removed).
     pub roster: Vec<String>,
+    /// Members whose daemons stopped cleanly, at most one per member.
+    pub left: Vec<LeftMember>,
     /// Rounds this node opened as proposer and has not closed. After a restart, those without a
     /// fence record never started a fence (the record is persisted before any fence command),
     /// so they are released at once instead of holding their voters' promises until expiry.
@@ -168,6 +182,7 @@ impl DurableState {
             watchdog_stopped_for: None,
             round_counter: 0,
             roster: Vec::new(),
+            left: Vec::new(),
             open_rounds: Vec::new(),
         }
     }
@@ -211,6 +226,9 @@ impl DurableState {
         }
         for s in &mut self.slots {
             s.reserved_at = now;
+        }
+        for l in &mut self.left {
+            l.since = now;
         }
         for r in &mut self.fence_log {
             let len = r.deadline.saturating_since(r.started_at);
@@ -291,6 +309,13 @@ impl DurableState {
                     None => false,
                 });
                 Some(r)
+            })
+            .collect();
+        self.left = std::mem::take(&mut self.left)
+            .into_iter()
+            .filter_map(|mut l| {
+                l.member = m(l.member)?;
+                Some(l)
             })
             .collect();
         self.open_rounds = std::mem::take(&mut self.open_rounds)
@@ -441,6 +466,49 @@ impl DurableState {
         let before = self.open_rounds.len();
         self.open_rounds.retain(|p| p != proposal);
         before != self.open_rounds.len()
+    }
+
+    /// The generation of `member` that stopped cleanly, if one did and has not returned.
+    pub fn left_generation(&self, member: MemberId) -> Option<u32> {
+        self.left
+            .iter()
+            .find(|l| l.member == member)
+            .map(|l| l.generation)
+    }
+
+    /// The clean-stop record of `member`.
+    pub fn left_record(&self, member: MemberId) -> Option<&LeftMember> {
+        self.left.iter().find(|l| l.member == member)
+    }
+
+    /// Records that `member`'s daemon stopped cleanly at `generation` (a later generation than
+    /// any recorded one). Returns whether anything changed.
+    pub fn record_left(&mut self, member: MemberId, generation: u32, now: Instant) -> bool {
+        match self.left.iter_mut().find(|l| l.member == member) {
+            Some(l) if l.generation >= generation => false,
+            Some(l) => {
+                l.generation = generation;
+                l.since = now;
+                true
+            }
+            None => {
+                self.left.push(LeftMember {
+                    member,
+                    generation,
+                    since: now,
+                });
+                true
+            }
+        }
+    }
+
+    /// Forgets the clean stop of `member` once it runs a generation above it. Returns whether
+    /// one was forgotten.
+    pub fn returned(&mut self, member: MemberId, generation: u32) -> bool {
+        let before = self.left.len();
+        self.left
+            .retain(|l| !(l.member == member && generation > l.generation));
+        before != self.left.len()
     }
 
     /// Maintenance flag of `member`.

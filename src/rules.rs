@@ -105,8 +105,10 @@ pub struct TargetFacts {
 /// The target's condition, decided from [`TargetFacts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetClass {
-    /// Maintenance or cleanly left: never fenced.
+    /// Maintenance: never fenced.
     Exempt,
+    /// Its daemon stopped cleanly and has not returned: never fenced for its silence.
+    Left,
     /// Already fenced in its current boot.
     AlreadyFenced,
     /// Active and storage-alive (or not yet judged).
@@ -127,8 +129,11 @@ pub enum TargetClass {
 
 /// Classifies a target. The order is the order of the rules in DESIGN.md.
 pub fn classify(f: &TargetFacts) -> TargetClass {
-    if f.maintenance || f.left {
+    if f.maintenance {
         return TargetClass::Exempt;
+    }
+    if f.left {
+        return TargetClass::Left;
     }
     if f.boot.is_some() && f.boot == f.fenced_boot {
         return TargetClass::AlreadyFenced;
@@ -159,6 +164,7 @@ pub fn refusal_for(class: TargetClass) -> Option<RefuseReason> {
     match class {
         TargetClass::Fenceable => None,
         TargetClass::Exempt => Some(RefuseReason::TargetInMaintenance),
+        TargetClass::Left => Some(RefuseReason::TargetLeft),
         TargetClass::AlreadyFenced => Some(RefuseReason::TargetAlreadyFenced),
         TargetClass::Available | TargetClass::Unmanageable | TargetClass::Suspect => {
             Some(RefuseReason::TargetNotDown)
@@ -192,8 +198,11 @@ pub enum HaState {
     FenceFailed,
     /// Attempts exhausted; an operator must act.
     Failed,
-    /// Maintenance (or its daemon left cleanly).
+    /// Maintenance.
     Ineligible,
+    /// Its daemon was stopped cleanly and has not come back: peerfence no longer protects the
+    /// host, so it is never fenced for its silence (only an operator's explicit fence may).
+    Left,
     /// The cluster is disarmed.
     Disabled,
     /// Up and storage-alive, but the last `monitor` of one of its fence devices failed: a
@@ -225,6 +234,9 @@ pub fn ha_state(f: &HaFacts) -> HaState {
     if f.class == TargetClass::Exempt {
         return HaState::Ineligible;
     }
+    if f.class == TargetClass::Left {
+        return HaState::Left;
+    }
     if f.class == TargetClass::AlreadyFenced {
         return HaState::Fenced;
     }
@@ -255,6 +267,7 @@ pub fn ha_state(f: &HaFacts) -> HaState {
         TargetClass::Partitioned => HaState::Partitioned,
         TargetClass::Checking | TargetClass::Fenceable | TargetClass::NoBoot => HaState::Checking,
         TargetClass::Exempt => HaState::Ineligible,
+        TargetClass::Left => HaState::Left,
         TargetClass::AlreadyFenced => HaState::Fenced,
     }
 }
@@ -414,7 +427,7 @@ mod tests {
                     left: true,
                     ..target()
                 },
-                Exempt,
+                Left,
             ),
             (
                 "fenced this boot",

@@ -520,14 +520,35 @@ fn sigterm_leaves_cleanly_and_the_agent_check_is_gossiped() {
         .unwrap()
         .expect("durable state on disk");
     assert_eq!(u64::from(state.generation), generation);
-    // Its peers treat it as having left on purpose: exempt, never fenceable.
+    // Its peers treat it as having left on purpose: Left, never fenceable.
     assert!(
         wait_for(Duration::from_secs(20), || {
-            c.view(0, 2).filter(|v| v["ha"] == "Ineligible").map(|_| ())
+            c.view(0, 2).filter(|v| v["ha"] == "Left").map(|_| ())
         })
         .is_some(),
-        "a member that left is Ineligible, not Checking"
+        "a member that left is Left, not Checking: {:?}",
+        c.view(0, 2)
     );
+    // Its heartbeat slot says so for any later reader: the last record is a clean stop.
+    let slot = std::fs::read(c.dir.join("shared").join("n2.hb")).unwrap();
+    let record = peerfence_proto::decode_storage(&slot).unwrap();
+    assert!(
+        matches!(record.body, peerfence_proto::StorageBody::Stopped(r) if u64::from(r.generation) == generation),
+        "{record:?}"
+    );
+    // n0 restarts (its leave record is durable) and, after its quiet period, still knows.
+    c.kill(0);
+    c.start(0);
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let s = c.status(0)?;
+            (s["summary"]["ineligible"] != "initializing").then_some(())
+        })
+        .is_some()
+    );
+    let v = c.view(0, 2).unwrap();
+    assert_eq!(v["ha"], "Left", "{v:?}");
+    assert_eq!(v["left"][0].as_u64(), Some(generation), "{v:?}");
 
     // Two signals in a row: the second exits at once.
     c.start(2);

@@ -35,6 +35,8 @@ pub struct Setup {
     pub expected_crashes: Vec<(usize, u64, Option<u64>)>,
     /// Hosts the scenario harms (for expectations).
     pub victims: Vec<usize>,
+    /// Which variant of the scenario this seed drew (for expectations).
+    pub variant: u32,
 }
 
 /// A named scenario.
@@ -86,6 +88,7 @@ impl Setup {
             triggers: Vec::new(),
             expected_crashes: Vec::new(),
             victims: Vec::new(),
+            variant: 0,
         }
     }
 
@@ -544,7 +547,7 @@ fn random(s: &mut Setup) {
         let at = s.at(15, 90);
         let h = s.host();
         let back = at + s.rng.random_range(5 * SEC..=40 * SEC);
-        match s.rng.random_range(0..11) {
+        match s.rng.random_range(0..13) {
             0 => s.fault(at, Fault::CrashHost(h)),
             1 => {
                 s.fault(at, Fault::CrashDaemon(h));
@@ -629,6 +632,28 @@ fn random(s: &mut Setup) {
                 };
                 s.fault(at, Fault::Bmc(h, mode));
             }
+            11 => {
+                // A clean stop (VMs run on); sometimes the daemon comes back.
+                s.fault(at, Fault::StopDaemon(h));
+                if s.rng.random_bool(0.5) {
+                    s.fault(back, Fault::RestartDaemon(h));
+                }
+            }
+            12 => {
+                // A rolling restart of a few daemons (clean stop or crash, then start).
+                let k = s.rng.random_range(1..=n.min(3));
+                let mut t = at;
+                for p in s.distinct(k) {
+                    if s.rng.random_bool(0.5) {
+                        s.fault(t, Fault::StopDaemon(p));
+                    } else {
+                        s.fault(t, Fault::CrashDaemon(p));
+                    }
+                    let up = t + s.rng.random_range(500 * MS..=3 * SEC);
+                    s.fault(up, Fault::RestartDaemon(p));
+                    t = up + s.rng.random_range(2 * SEC..=10 * SEC);
+                }
+            }
             _ => {
                 let by = s.host();
                 let cmd = match s.rng.random_range(0..3) {
@@ -655,6 +680,106 @@ fn random(s: &mut Setup) {
             }
         }
     }
+}
+
+/// A daemon is stopped cleanly (its VMs run on) and then three of its peers restart, one after
+/// another (a rolling upgrade). Half the runs fence by poison pill only, where a wrong fence
+/// would be "confirmed" by deadline and announce running VMs safe to recover.
+fn clean_stop_then_restarts(s: &mut Setup) {
+    if s.rng.random_bool(0.5) {
+        s.raw.fencing.levels = Some(vec![RawLevel::poison_pill("pill")]);
+    }
+    let order = s.distinct(4.min(s.nodes));
+    let x = order[0];
+    let at = s.at(20, 25);
+    s.fault(at, Fault::StopDaemon(x));
+    let mut t = at + s.rng.random_range(2 * SEC..=10 * SEC);
+    for &p in &order[1..] {
+        // `systemctl restart`: a clean stop, then a start a moment later; or a crash and a
+        // restart by systemd.
+        if s.rng.random_bool(0.5) {
+            s.fault(t, Fault::StopDaemon(p));
+        } else {
+            s.fault(t, Fault::CrashDaemon(p));
+        }
+        let back = t + s.rng.random_range(500 * MS..=3 * SEC);
+        s.fault(back, Fault::RestartDaemon(p));
+        t += s.rng.random_range(5 * SEC..=20 * SEC);
+    }
+    s.duration_us = t + 60 * SEC;
+    s.victims = vec![x];
+}
+
+fn expect_clean_stop(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    let x = s.victims[0];
+    no_fences(r, &mut out);
+    no_self_fences(r, &mut out);
+    if confirmed(r, x).is_some() {
+        out.push(format!(
+            "h{x} (stopped cleanly, VMs running) was announced safe to recover"
+        ));
+    }
+    if !r
+        .ha_seen
+        .get(&x)
+        .is_some_and(|s| s.contains(&HaState::Left))
+    {
+        out.push(format!("no node reported h{x} Left"));
+    }
+    out
+}
+
+/// A daemon is stopped cleanly, and later an operator asks for its fence explicitly (the host
+/// must go). With a working BMC it is fenced as an operator fence and confirmed by power Off;
+/// in a third of the runs its BMC is dead and the poison pill may not confirm it (its watchdog is
+/// closed), so it stays unconfirmed.
+fn clean_stop_operator_fence(s: &mut Setup) {
+    s.duration_us = 90 * SEC;
+    let order = s.distinct(2);
+    let (x, by) = (order[0], order[1]);
+    let at = s.at(20, 25);
+    s.fault(at, Fault::StopDaemon(x));
+    if s.rng.random_bool(1.0 / 3.0) {
+        s.fault(at, Fault::Bmc(x, BmcMode::Fail));
+        s.variant = 1;
+    }
+    let ask = at + s.rng.random_range(15 * SEC..=30 * SEC);
+    s.fault(
+        ask,
+        Fault::Operator(
+            by,
+            OperatorCommand::ManualFence {
+                target: MemberId(x as u16),
+            },
+        ),
+    );
+    s.victims = vec![x];
+}
+
+fn expect_operator_fence(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    let x = s.victims[0];
+    only_fenced(r, &[x], &mut out);
+    let bmc_dead = s.variant == 1;
+    match (confirmed(r, x), bmc_dead) {
+        (Some(Evidence::PowerOff { .. }), false) => {}
+        (None, true) => {}
+        (got, _) => out.push(format!(
+            "h{x} (left, then fenced by an operator, BMC {}) confirmed by {got:?}; expected {}",
+            if bmc_dead { "dead" } else { "working" },
+            if bmc_dead {
+                "no confirmation"
+            } else {
+                "power Off"
+            }
+        )),
+    }
+    if !bmc_dead && r.fences.is_empty() {
+        out.push(format!("the operator's fence of h{x} never started"));
+    }
+    no_self_fences(r, &mut out);
+    out
 }
 
 fn expect_invariants_only(_s: &Setup, _r: &RunResult) -> Vec<String> {
@@ -758,6 +883,22 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: lossy_network,
         expect: expect_quiet,
+    },
+    Scenario {
+        name: "clean-stop-then-restarts",
+        about: "a daemon is stopped cleanly (VMs run on), then three peers restart one by one: nobody fences it, nobody announces it safe to recover, every member reports it Left",
+        default_nodes: 5,
+        min_nodes: 4,
+        build: clean_stop_then_restarts,
+        expect: expect_clean_stop,
+    },
+    Scenario {
+        name: "clean-stop-operator-fence",
+        about: "a daemon is stopped cleanly, then an operator fences its host explicitly: fenced as an operator fence and confirmed only by power Off (never by a deadline)",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: clean_stop_operator_fence,
+        expect: expect_operator_fence,
     },
     Scenario {
         name: "random",

@@ -386,10 +386,13 @@ pub struct Host {
 #[derive(Debug, Clone, Default)]
 pub struct StorageView1 {
     /// Heartbeat slots by member.
-    pub hb: Vec<Option<HeartbeatRecord>>,
+    pub hb: Vec<Slot>,
     /// Pill slots by member.
     pub pill: Vec<Option<Arc<QuorumCertificate>>>,
 }
+
+/// A heartbeat slot: the record, and whether it is the last one of a clean stop.
+pub type Slot = Option<(HeartbeatRecord, bool)>;
 
 /// Every path's slots as some reader sees them.
 pub type StorageView = Vec<StorageView1>;
@@ -472,6 +475,7 @@ enum Ev {
         host: usize,
         path: usize,
         record: HeartbeatRecord,
+        stopped: bool,
     },
     HbRead(usize, u64),
     AgentCheck(usize, u64),
@@ -634,9 +638,9 @@ impl RunResult {
 
 /// Shared storage: per path, a heartbeat slot and a pill slot per host.
 struct Storage {
-    hb: Vec<Vec<Option<HeartbeatRecord>>>,
+    hb: Vec<Vec<Slot>>,
     /// Per host: what readers see instead of the real slot, when frozen.
-    frozen: Vec<Option<Vec<Option<HeartbeatRecord>>>>,
+    frozen: Vec<Option<Vec<Slot>>>,
     pill: Vec<Vec<Option<Arc<QuorumCertificate>>>>,
 }
 
@@ -902,11 +906,16 @@ impl World {
                 path,
                 outcome,
             } => self.feed_instance(host, epoch, Input::StorageWrite { path, outcome }),
-            Ev::HbLand { host, path, record } => {
+            Ev::HbLand {
+                host,
+                path,
+                record,
+                stopped,
+            } => {
                 // A write lands only if the host still runs the boot that issued it.
                 let hs = &self.hosts[host];
                 if hs.os == Os::Running && hs.boot == record.boot {
-                    self.land(host, path, record);
+                    self.land(host, path, record, stopped);
                 }
             }
             Ev::HbRead(h, epoch) => self.hb_read(h, epoch),
@@ -956,7 +965,7 @@ impl World {
             Ev::HungLand { host, path, record } => {
                 let hs = &self.hosts[host];
                 if hs.os == Os::Running && hs.boot == record.boot {
-                    self.land(host, path, record);
+                    self.land(host, path, record, false);
                 }
             }
             Ev::ReadDone {
@@ -1073,13 +1082,21 @@ impl World {
             return;
         }
         check!(self.on_daemon_gone(h));
+        // The magic close happens only while the core feeds the watchdog: a daemon that stopped
+        // feeding (a fence ordered, no storage and no quorum) leaves the reset to come.
+        let feeding = self.hosts[h]
+            .node
+            .as_ref()
+            .is_some_and(|n| n.status().watchdog_feeding);
         let hs = &mut self.hosts[h];
         hs.node = None;
         hs.epoch += 1;
         hs.next_wake = None;
         hs.daemon_wanted = false;
-        hs.clean_stopped = true;
-        hs.wd_armed = false;
+        hs.clean_stopped = feeding || !hs.wd_armed;
+        if feeding {
+            hs.wd_armed = false;
+        }
         hs.held.clear();
         hs.pending.clear();
         hs.persist_inflight = None;
@@ -1420,6 +1437,7 @@ impl World {
                     self.after(timeout, Ev::WatchdogCheck(h));
                 }
             }
+            Output::StopHeartbeat { generation } => self.write_stopped(h, generation),
             Output::Watchdog(WatchdogAction::Stop) => {
                 self.trace(Some(h), || "stops feeding its watchdog".into());
             }
@@ -1772,7 +1790,7 @@ impl World {
                     // write and its completion (before fsync returns, on NFS).
                     let visible = lat * self.rng.random_range(30..=100) / 100;
                     if matches!(mode, StorageMode::Private { .. }) {
-                        self.hosts[h].private[path].hb[h] = Some(record);
+                        self.hosts[h].private[path].hb[h] = Some((record, false));
                     } else {
                         self.after(
                             visible,
@@ -1780,6 +1798,7 @@ impl World {
                                 host: h,
                                 path,
                                 record,
+                                stopped: false,
                             },
                         );
                     }
@@ -1808,9 +1827,42 @@ impl World {
         }
     }
 
+    /// The daemon's last record before a clean stop, on every path it can still write.
+    fn write_stopped(&mut self, h: usize, generation: u32) {
+        self.hosts[h].hb_counter += 1;
+        let record = HeartbeatRecord {
+            member: MemberId(h as u16),
+            boot: self.hosts[h].boot,
+            generation,
+            counter: self.hosts[h].hb_counter,
+        };
+        for path in 0..self.storage.hb.len() {
+            match self.hosts[h].storage[path] {
+                StorageMode::Ok | StorageMode::Slow { .. } => {
+                    let lat = self.rng.random_range(
+                        self.params.write_latency_us.0..=self.params.write_latency_us.1,
+                    );
+                    self.after(
+                        lat,
+                        Ev::HbLand {
+                            host: h,
+                            path,
+                            record,
+                            stopped: true,
+                        },
+                    );
+                }
+                StorageMode::Private { .. } => {
+                    self.hosts[h].private[path].hb[h] = Some((record, true));
+                }
+                StorageMode::Fail | StorageMode::Hang => {}
+            }
+        }
+    }
+
     /// A write becomes visible on shared storage.
-    fn land(&mut self, host: usize, path: usize, record: HeartbeatRecord) {
-        self.storage.hb[path][host] = Some(record);
+    fn land(&mut self, host: usize, path: usize, record: HeartbeatRecord, stopped: bool) {
+        self.storage.hb[path][host] = Some((record, stopped));
         let hs = &mut self.hosts[host];
         hs.writes.push_back(self.now);
         while hs.writes.len() > 32 {
@@ -1893,7 +1945,8 @@ impl World {
                 Input::HeartbeatRead {
                     path,
                     member: MemberId(m as u16),
-                    record: view.hb[m],
+                    record: view.hb[m].map(|(r, _)| r),
+                    stopped: view.hb[m].is_some_and(|(_, s)| s),
                 },
             );
         }

@@ -200,6 +200,12 @@ pub enum RefuseReason {
     },
     /// The proposal is malformed (slot or lane out of range, wrong kind for its target).
     Invalid,
+    /// The target's daemon was stopped cleanly and has not returned: only an operator's explicit
+    /// fence ([`FenceKind::Operator`]) may fence it.
+    TargetLeft,
+    /// A fence of the target's boot is already in flight in the voter's view (it saw the
+    /// certificate, or runs the attempt): a second one must not start.
+    FenceInFlight,
 }
 
 /// A refusal to vote.
@@ -261,6 +267,8 @@ pub enum AbortReason {
     TargetAlive,
     /// The target entered maintenance.
     Maintenance,
+    /// The target's daemon stopped cleanly (its watchdog is closed: no deadline can confirm).
+    TargetLeft,
 }
 
 /// Result of a fence attempt.

@@ -30,6 +30,10 @@ pub enum StorageBody {
     /// A fence request for the slot's owner, with the certificate that authorises it. The owner
     /// acts only if the certificate verifies and names its current boot.
     PoisonPill(QuorumCertificate),
+    /// The slot owner's last heartbeat before its daemon stopped cleanly: its generation no
+    /// longer protects the host. Readers remember that (durably) until the owner writes a
+    /// heartbeat of a higher generation, so a member restarted since still knows it.
+    Stopped(HeartbeatRecord),
 }
 
 /// A record on shared storage with the cluster context it belongs to.
@@ -46,7 +50,7 @@ pub struct StorageRecord {
 impl Validate for StorageRecord {
     fn validate(&self) -> Result<(), &'static str> {
         match &self.body {
-            StorageBody::Heartbeat(_) => Ok(()),
+            StorageBody::Heartbeat(_) | StorageBody::Stopped(_) => Ok(()),
             StorageBody::PoisonPill(qc) => qc.validate(),
         }
     }

@@ -155,6 +155,7 @@ pub fn ha_name(s: HaState) -> &'static str {
         HaState::FenceFailed => "fence_failed",
         HaState::Failed => "failed",
         HaState::Ineligible => "ineligible",
+        HaState::Left => "left",
         HaState::Disabled => "disabled",
         HaState::FenceDeviceDown => "fence_device_down",
     }
@@ -204,6 +205,8 @@ pub fn kind_of(e: &Event) -> &'static str {
         Event::ManualFence { .. } => "manual_fence",
         Event::SelfFenceRequestAnswered { .. } => "self_fence_request_answered",
         Event::EligibilityChanged { .. } => "eligibility_changed",
+        Event::MemberLeft { .. } => "member_left",
+        Event::MemberReturned { .. } => "member_returned",
     }
 }
 
@@ -215,7 +218,9 @@ pub fn member_of(e: &Event) -> Option<MemberId> {
         | Event::Rebooted { member, .. }
         | Event::PowerChanged { member, .. }
         | Event::HostFoundOff { member }
-        | Event::MaintenanceChanged { member, .. } => *member,
+        | Event::MaintenanceChanged { member, .. }
+        | Event::MemberLeft { member, .. }
+        | Event::MemberReturned { member, .. } => *member,
         Event::WouldFence { target, .. }
         | Event::FenceConfirmed { target, .. }
         | Event::SafeToRecover { target, .. }
@@ -536,6 +541,20 @@ pub fn describe(e: &Event, roster: &Roster, levels: &[String]) -> (String, Value
                 Some(i) => format!("this host may not propose or vote: {i:?}"),
             },
             json!({"ineligible": ineligible.map(|i| format!("{i:?}"))}),
+        ),
+        Event::MemberLeft { member, generation } => (
+            format!(
+                "{}'s daemon was stopped cleanly (generation {generation}): peerfence no longer protects that host, and nobody fences it for its silence",
+                name(member)
+            ),
+            json!({"generation": generation}),
+        ),
+        Event::MemberReturned { member, generation } => (
+            format!(
+                "{}'s daemon runs again (generation {generation})",
+                name(member)
+            ),
+            json!({"generation": generation}),
         ),
     }
 }

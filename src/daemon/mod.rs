@@ -297,6 +297,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         .map_err(io(format!("cannot listen on {} (QUIC/UDP)", cfg.listen)))?;
     let generation = Arc::new(AtomicU32::new(node.generation()));
     let stop = Arc::new(AtomicBool::new(false));
+    let writers = storage::Writers {
+        stop: stop.clone(),
+        counter: Arc::default(),
+    };
     let mut shell = Shell {
         clock,
         store,
@@ -312,6 +316,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         metrics: metrics.clone(),
         collect: None,
         hooks,
+        writers: writers.clone(),
+        me: cfg.me,
+        boot,
     };
     // The first output persists the new generation: nothing leaves before it is on disk.
     shell.drain(&mut node).await?;
@@ -321,7 +328,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         boot,
         generation.clone(),
         tx.clone(),
-        stop.clone(),
+        writers,
     )
     .map_err(io("cannot start the storage heartbeat threads"))?;
     checks::spawn(&cfg.health, tx.clone(), stop.clone(), metrics.clone())
@@ -436,6 +443,12 @@ struct Shell {
     collect: Option<Vec<Arc<events::ApiEvent>>>,
     /// Hooks (their counters go into the status view).
     hooks: hooks::Hooks,
+    /// The heartbeat writers (stopped, and a last record written, on a clean stop).
+    writers: storage::Writers,
+    /// This member.
+    me: peerfence_proto::MemberId,
+    /// This host's boot.
+    boot: BootId,
 }
 
 impl Shell {
@@ -600,6 +613,26 @@ impl Shell {
                         "self-fence ordered with a quorum certificate: acting on this host");
                     actions::execute(&self.local, cmd.action, cmd.reason);
                 }
+                Output::StopHeartbeat { generation } => {
+                    let (cfg, writers, me, boot) = (
+                        node.config().clone(),
+                        self.writers.clone(),
+                        self.me,
+                        self.boot,
+                    );
+                    let paths = cfg.storage.paths.len();
+                    let written = tokio::task::spawn_blocking(move || {
+                        storage::write_stopped(&cfg, me, boot, generation, &writers)
+                    })
+                    .await
+                    .unwrap_or(0);
+                    tracing::info!(
+                        generation,
+                        written,
+                        paths,
+                        "clean-stop record written to this host's heartbeat slots"
+                    );
+                }
                 Output::Watchdog(action) => match (&self.watchdog, action) {
                     (Some(w), WatchdogAction::Feed) => w.feed(),
                     (Some(w), WatchdogAction::Stop) => w.stop(),
@@ -698,12 +731,13 @@ fn why(p: &crate::node::PeerStatus) -> String {
             p.attempts
         ),
         H::Failed => "fence attempts exhausted: an operator must act".into(),
-        H::Ineligible => {
-            if p.maintenance {
-                "in maintenance: never fenced".into()
-            } else {
-                "its daemon left the cluster cleanly".into()
-            }
+        H::Ineligible => "in maintenance: never fenced".into(),
+        H::Left => {
+            let (generation, ms) = p.left.unwrap_or_default();
+            format!(
+                "its daemon was stopped cleanly {:.0} s ago (generation {generation}): peerfence no longer protects this host and never fences it for its silence; start peerfence there again, or fence it explicitly (peerfence fence HOST) if it must be powered off",
+                ms as f64 / 1000.0
+            )
         }
         H::Disabled => "the cluster is disarmed: nobody is fenced".into(),
         H::FenceDeviceDown => {
@@ -780,6 +814,8 @@ fn status(node: &Node, shell: &Shell, addresses: &[std::net::SocketAddr]) -> ser
             "maintenance": p.maintenance,
             "fence_devices": p.fence_devices,
             "attempts": p.attempts,
+            "dead": p.dead,
+            "left": p.left.map(|(generation, ms)| json!({"generation": generation, "for_ms": ms})),
         }));
     }
     let budget = usize::from(st.budget);

@@ -21,7 +21,7 @@ use peerfence_proto::{
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::Sender;
@@ -34,7 +34,8 @@ const MAX_SLOT_BYTES: u64 = 64 * 1024;
 
 /// What one read cycle of a path found.
 struct ReadCycle {
-    records: Vec<(MemberId, Option<HeartbeatRecord>)>,
+    /// Each member's slot: its record, and whether it is the last one of a clean stop.
+    records: Vec<(MemberId, Option<HeartbeatRecord>, bool)>,
     pill: Option<QuorumCertificate>,
     ignored: usize,
 }
@@ -200,6 +201,74 @@ pub fn clear_pill(cfg: Arc<Config>, target: MemberId) {
 /// Tries to clear one pill slot before giving up (about two minutes with the back-off).
 pub const PILL_CLEAR_TRIES: u32 = 10;
 
+/// What the heartbeat writers share with the node's task: the switch that stops them and the
+/// counter they write (the last record of a clean stop continues it).
+#[derive(Clone, Default)]
+pub struct Writers {
+    /// Set: writers and readers stop at their next interval.
+    pub stop: Arc<AtomicBool>,
+    /// The last counter written (on any path).
+    pub counter: Arc<AtomicU64>,
+}
+
+/// The daemon stops on purpose: stops the writers and writes, on every path, a last record of
+/// `generation` marked stopped (each write bounded by `storage.write_timeout`, all paths at
+/// once). Returns how many paths took it; a path that did not is reported in the log (readers
+/// there still learn the stop from the cluster's gossip).
+pub fn write_stopped(
+    cfg: &Arc<Config>,
+    me: MemberId,
+    boot: BootId,
+    generation: u32,
+    writers: &Writers,
+) -> usize {
+    writers.stop.store(true, Ordering::SeqCst);
+    let counter = writers.counter.fetch_add(1, Ordering::SeqCst) + 1;
+    let record = StorageRecord {
+        cluster: cfg.cluster.clone(),
+        digest: cfg.digest(),
+        body: StorageBody::Stopped(HeartbeatRecord {
+            member: me,
+            boot,
+            generation,
+            counter,
+        }),
+    };
+    let Ok(bytes) = peerfence_proto::encode_storage(&record) else {
+        return 0;
+    };
+    let abandoned = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = cfg
+        .storage
+        .paths
+        .iter()
+        .map(|dir| {
+            let file = slot(Path::new(dir), cfg.roster.name(me), "hb");
+            let (abandoned, bytes, timeout) =
+                (abandoned.clone(), bytes.clone(), cfg.storage.write_timeout);
+            std::thread::spawn(move || {
+                let f = file.clone();
+                match with_timeout(&abandoned, timeout, move || write_record(&f, &bytes)) {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::warn!(path = %file.display(), error = %e, "cannot write the clean-stop record");
+                        false
+                    }
+                    Err(()) => {
+                        tracing::warn!(path = %file.display(), "the clean-stop record was not written in time");
+                        false
+                    }
+                }
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or(false))
+        .filter(|ok| *ok)
+        .count()
+}
+
 /// Starts the writer and reader of every shared path.
 pub fn spawn(
     cfg: Arc<Config>,
@@ -207,21 +276,22 @@ pub fn spawn(
     boot: BootId,
     generation: Arc<AtomicU32>,
     tx: Sender<Msg>,
-    stop: Arc<AtomicBool>,
+    writers: Writers,
 ) -> std::io::Result<()> {
+    let stop = writers.stop.clone();
     for (i, dir) in cfg.storage.paths.iter().enumerate() {
         let dir = PathBuf::from(dir);
         {
-            let (cfg, dir, tx, stop, generation) = (
+            let (cfg, dir, tx, writers, generation) = (
                 cfg.clone(),
                 dir.clone(),
                 tx.clone(),
-                stop.clone(),
+                writers.clone(),
                 generation.clone(),
             );
             std::thread::Builder::new()
                 .name(format!("pf-hb-write-{i}"))
-                .spawn(move || writer(cfg, i, dir, me, boot, generation, tx, stop))?;
+                .spawn(move || writer(cfg, i, dir, me, boot, generation, tx, writers))?;
         }
         {
             let (cfg, tx, stop) = (cfg.clone(), tx.clone(), stop.clone());
@@ -242,16 +312,17 @@ fn writer(
     boot: BootId,
     generation: Arc<AtomicU32>,
     tx: Sender<Msg>,
-    stop: Arc<AtomicBool>,
+    writers: Writers,
 ) {
     let interval = cfg.storage.heartbeat_interval;
     let timeout = cfg.storage.write_timeout;
     let file = slot(&dir, cfg.roster.name(me), "hb");
     let abandoned = Arc::new(AtomicUsize::new(0));
-    let mut counter: u64 = 0;
     let mut failing = false;
+    let stop = writers.stop.clone();
     super::checks::every(interval, &stop, || {
-        counter += 1;
+        // One counter for every path: each write of any path is a new value.
+        let counter = writers.counter.fetch_add(1, Ordering::SeqCst) + 1;
         let record = StorageRecord {
             cluster: cfg.cluster.clone(),
             digest: cfg.digest(),
@@ -319,11 +390,12 @@ fn reader(
                 if cycle.ignored > 0 {
                     tracing::debug!(path = %dir.display(), ignored = cycle.ignored, "slot files that are not this cluster's heartbeats were ignored");
                 }
-                for (member, record) in cycle.records {
+                for (member, record, stopped) in cycle.records {
                     let input = Input::HeartbeatRead {
                         path,
                         member,
                         record,
+                        stopped,
                     };
                     if tx.blocking_send(Msg::Input(input)).is_err() {
                         return false;
@@ -371,9 +443,14 @@ fn read_cycle(cfg: &Config, dir: &Path, me: MemberId) -> std::io::Result<ReadCyc
             continue;
         }
         match read_slot(&slot(dir, cfg.roster.name(m), "hb")) {
-            Ok(None) => out.records.push((m, None)),
+            Ok(None) => out.records.push((m, None, false)),
             Ok(Some(bytes)) => match decode_slot(cfg, &bytes) {
-                Some(StorageBody::Heartbeat(r)) if r.member == m => out.records.push((m, Some(r))),
+                Some(StorageBody::Heartbeat(r)) if r.member == m => {
+                    out.records.push((m, Some(r), false))
+                }
+                Some(StorageBody::Stopped(r)) if r.member == m => {
+                    out.records.push((m, Some(r), true))
+                }
                 _ => out.ignored += 1,
             },
             Err(_) => out.ignored += 1,

@@ -72,8 +72,24 @@ impl Node {
                 continue;
             }
             let p = &self.peers[t.index()];
-            let (Some(since), Some(boot)) = (p.fenceable_since, p.boot) else {
+            // A host that left cleanly is fenced only on an operator's explicit request, as an
+            // operator fence (voters accept it although it left; only power Off confirms it).
+            let operator = p.manual
+                && self.has_left(t)
+                && self.fence_class(t, FenceKind::Operator) == rules::TargetClass::Fenceable;
+            let p = &self.peers[t.index()];
+            let since = if operator {
+                Some(self.now)
+            } else {
+                p.fenceable_since
+            };
+            let (Some(since), Some(boot)) = (since, p.boot) else {
                 continue;
+            };
+            let kind = if operator {
+                FenceKind::Operator
+            } else {
+                FenceKind::Fence
             };
             if self.rounds.contains_key(&t)
                 || self.executions.contains_key(&t)
@@ -107,7 +123,7 @@ impl Node {
                 Some(_) => continue,
                 None => {}
             }
-            self.propose(t, boot, FenceKind::Fence);
+            self.propose(t, boot, kind);
         }
     }
 
@@ -211,7 +227,7 @@ impl Node {
         let facts = self.target_facts(t);
         match proposal.kind {
             FenceKind::Fence | FenceKind::Operator => {
-                if let Some(r) = rules::refusal_for(rules::classify(&facts)) {
+                if let Some(r) = rules::refusal_for(self.fence_class(t, proposal.kind)) {
                     return Err(r);
                 }
             }

@@ -63,7 +63,7 @@ impl Node {
     pub(super) fn start_execution(&mut self, qc: Arc<QuorumCertificate>) {
         let p = qc.proposal;
         let t = p.target;
-        let still_fenceable = rules::classify(&self.target_facts(t)) == TargetClass::Fenceable
+        let still_fenceable = self.fence_class(t, p.kind) == TargetClass::Fenceable
             && self.peers[t.index()].boot == Some(p.target_boot);
         let still_eligible = rules::eligibility(&self.eligibility_facts()).is_ok();
         if !still_fenceable || !still_eligible {
@@ -128,6 +128,13 @@ impl Node {
             self.finish(t, OutcomeResult::Aborted(AbortReason::Maintenance));
             return;
         }
+        let kind = self.executions.get(&t).map(|e| e.qc.proposal.kind);
+        if facts.left && kind != Some(peerfence_proto::FenceKind::Operator) {
+            // It stopped cleanly meanwhile: peerfence no longer protects it, and its closed
+            // watchdog would make a deadline confirmation a lie.
+            self.finish(t, OutcomeResult::Aborted(AbortReason::TargetLeft));
+            return;
+        }
         if facts.storage == Liveness::Alive {
             self.finish(t, OutcomeResult::Aborted(AbortReason::TargetAlive));
             return;
@@ -155,6 +162,16 @@ impl Node {
                     timeout,
                     qc,
                 }));
+            }
+            LevelKind::PoisonPill if kind == Some(peerfence_proto::FenceKind::Operator) => {
+                // An operator fence of a host that left needs power-Off evidence: its daemon
+                // closed its watchdog, so no deadline ever confirms it.
+                self.emit(Event::LevelFailed {
+                    target: t,
+                    level: level as u8,
+                    timed_out: false,
+                });
+                self.finish(t, OutcomeResult::Failed(FailReason::AllLevelsFailed));
             }
             LevelKind::PoisonPill => {
                 exec.step = Step::AwaitPill(id);
@@ -274,6 +291,12 @@ impl Node {
                             confirm_at,
                             alive_seen,
                         };
+                    }
+                    if self.has_left(t) {
+                        // Its daemon stopped cleanly and closed its watchdog: the deadline
+                        // proves nothing any more.
+                        self.finish(t, OutcomeResult::Aborted(AbortReason::TargetLeft));
+                        continue;
                     }
                     // Positive evidence only: fresh reads showing no change since the pill. If
                     // this node cannot read storage right now it cannot confirm; it waits.

@@ -98,6 +98,8 @@ pub enum Input {
         member: MemberId,
         /// What it held.
         record: Option<HeartbeatRecord>,
+        /// The record is the owner's last, written when its daemon stopped cleanly.
+        stopped: bool,
     },
     /// This host's own poison-pill slot on `path` was read.
     PoisonPillRead {
@@ -518,6 +520,21 @@ pub enum Event {
         /// The answer.
         answer: SelfFenceAnswer,
     },
+    /// A member's daemon stopped cleanly (learnt from its notice, gossip, or its heartbeat slot):
+    /// peerfence no longer protects that host, and nobody fences it for its silence.
+    MemberLeft {
+        /// Member.
+        member: MemberId,
+        /// The generation that stopped.
+        generation: u32,
+    },
+    /// A member that had stopped cleanly runs again (a higher generation).
+    MemberReturned {
+        /// Member.
+        member: MemberId,
+        /// Its new generation.
+        generation: u32,
+    },
     /// This node's eligibility changed.
     EligibilityChanged {
         /// `None` when eligible.
@@ -560,6 +577,13 @@ pub enum Output {
     SelfFence(SelfFenceCommand),
     /// Feed or stop the watchdog.
     Watchdog(WatchdogAction),
+    /// The daemon stops on purpose: stop writing heartbeats and write, on every path, one last
+    /// record of this generation marked stopped (`StorageBody::Stopped`), so that any reader of
+    /// shared storage, also one that restarts later, knows the host is no longer protected.
+    StopHeartbeat {
+        /// The generation that stops.
+        generation: u32,
+    },
     /// Something worth telling.
     Event(Event),
 }

@@ -130,6 +130,9 @@ pub struct PeerStatus {
     /// Fenced and confirmed in its current boot: the only state a cloud may be told DEAD for
     /// ([`Node::cloud_dead`]).
     pub dead: bool,
+    /// Its daemon stopped cleanly: the generation that stopped and how long ago this node
+    /// learnt it (ms). `None` while it runs (or ran since).
+    pub left: Option<(u32, u64)>,
 }
 
 /// This node's view, for status endpoints and tests.
@@ -340,7 +343,8 @@ impl Node {
                 path,
                 member,
                 record,
-            } => self.on_heartbeat_read(path, member, record),
+                stopped,
+            } => self.on_heartbeat_read(path, member, record, stopped),
             Input::PoisonPillRead { path: _, pill } => self.on_pill_read(pill),
             Input::AgentCheck { alive } => self.local.record_agent(alive),
             Input::IsolationCheck { ok } => self.local.record_isolation(&self.cfg, ok),
@@ -455,6 +459,16 @@ impl Node {
                     maintenance: self.durable.in_maintenance(m),
                     attempts: p.attempts,
                     dead: self.cloud_dead(m).is_some(),
+                    left: self
+                        .durable
+                        .left_record(m)
+                        .filter(|_| self.has_left(m))
+                        .map(|l| {
+                            (
+                                l.generation,
+                                self.now.saturating_since(l.since).as_millis() as u64,
+                            )
+                        }),
                 }
             })
             .collect();
@@ -678,9 +692,7 @@ impl Node {
                     return;
                 }
                 let (boot, generation) = (h.boot, h.generation);
-                if self.peers[i].left.is_some_and(|g| h.generation > g) {
-                    self.peers[i].left = None;
-                }
+                self.member_generation(MemberId(i as u16), generation);
                 self.peers[i].health = Some(h);
                 self.peers[i].health_at = Some(self.now);
                 self.boot_seen(MemberId(i as u16), boot, generation);
@@ -717,13 +729,34 @@ impl Node {
         self.apply_leave(l);
     }
 
+    /// `l.member`'s daemon stopped cleanly at `l.generation` (its notice, gossip, or the record it
+    /// left in its heartbeat slot): remembered durably until it runs a higher generation.
     fn apply_leave(&mut self, l: peerfence_proto::LeaveNotice) {
         if l.member == self.me || !self.cfg.roster.contains(l.member) {
             return;
         }
-        let p = &mut self.peers[l.member.index()];
-        if p.left.is_none_or(|g| l.generation > g) && l.generation >= p.generation {
-            p.left = Some(l.generation);
+        if l.generation < self.peers[l.member.index()].generation {
+            // A later run of it was seen already: this notice is old.
+            return;
+        }
+        if self.durable.record_left(l.member, l.generation, self.now) {
+            self.dirty = true;
+            self.emit(Event::MemberLeft {
+                member: l.member,
+                generation: l.generation,
+            });
+        }
+    }
+
+    /// `m` is seen running `generation` (SWIM, health gossip, a heartbeat record): a clean stop
+    /// of an earlier generation is over.
+    fn member_generation(&mut self, m: MemberId, generation: u32) {
+        if m != self.me && self.durable.returned(m, generation) {
+            self.dirty = true;
+            self.emit(Event::MemberReturned {
+                member: m,
+                generation,
+            });
         }
     }
 
@@ -732,6 +765,7 @@ impl Node {
         path: usize,
         member: MemberId,
         record: Option<peerfence_proto::HeartbeatRecord>,
+        stopped: bool,
     ) {
         if !self.cfg.roster.contains(member) || path >= self.cfg.storage.paths.len() {
             self.stats.drop("bad_heartbeat_read");
@@ -750,6 +784,14 @@ impl Node {
             .observe(self.now, path, record);
         if let Some(r) = record {
             self.boot_seen(member, r.boot, r.generation);
+            if stopped {
+                self.apply_leave(peerfence_proto::LeaveNotice {
+                    member,
+                    generation: r.generation,
+                });
+            } else {
+                self.member_generation(member, r.generation);
+            }
         }
     }
 
@@ -877,6 +919,9 @@ impl Node {
         self.send_all(Message::Leave(notice), true);
         self.swim.leave(self.now);
         self.drain_swim();
+        self.out.push_back(Output::StopHeartbeat {
+            generation: notice.generation,
+        });
         self.stopped = true;
     }
 
@@ -910,10 +955,8 @@ impl Node {
             if i == self.me.index() {
                 continue;
             }
+            self.member_generation(MemberId(i as u16), generation);
             let p = &mut self.peers[i];
-            if generation > p.generation && p.left.is_some_and(|g| generation > g) {
-                p.left = None;
-            }
             p.generation = p.generation.max(generation);
             if p.swim != state {
                 let from = p.swim;
@@ -979,6 +1022,13 @@ impl Node {
     /// item only `max_transmissions` times). Only set flags are repeated: at most one per member
     /// plus the arm switch.
     fn rebroadcast_flags(&mut self) {
+        for l in self.durable.left.clone() {
+            let notice = peerfence_proto::LeaveNotice {
+                member: l.member,
+                generation: l.generation,
+            };
+            self.swim.broadcast(&Broadcast::Leave(notice));
+        }
         if self.durable.armed.version.counter > 0 {
             let a = self.durable.armed;
             self.swim.broadcast(&Broadcast::Arm(a));
@@ -1067,7 +1117,10 @@ impl Node {
                 p.fenceable_since.get_or_insert(self.now);
             } else {
                 p.fenceable_since = None;
-                if !matches!(class, TargetClass::Checking | TargetClass::NoBoot) {
+                if !matches!(
+                    class,
+                    TargetClass::Checking | TargetClass::NoBoot | TargetClass::Left
+                ) {
                     p.manual = false;
                 }
             }

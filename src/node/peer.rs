@@ -4,7 +4,7 @@ use super::Node;
 use super::io::PowerState;
 use crate::heartbeat::{Liveness, PeerHeartbeat};
 use crate::membership::SwimState;
-use crate::rules::{HaState, TargetFacts};
+use crate::rules::{HaState, TargetClass, TargetFacts};
 use crate::time::Instant;
 use peerfence_proto::{AgentHealth, BootId, HealthUpdate, MemberId, Proposal, Verdict};
 use std::time::Duration;
@@ -36,8 +36,6 @@ pub(super) struct Peer {
     pub boot: Option<BootId>,
     /// Generation under which `boot` was last reported.
     pub boot_generation: u32,
-    /// Generation that left cleanly.
-    pub left: Option<u32>,
     pub ha: HaState,
     pub fenceable_since: Option<Instant>,
     /// Failed attempts on `boot`.
@@ -74,7 +72,6 @@ impl Peer {
             health_at: None,
             boot: None,
             boot_generation: 0,
-            left: None,
             ha: HaState::Initializing,
             fenceable_since: None,
             attempts: 0,
@@ -149,10 +146,20 @@ impl Node {
             storage: p.hb.liveness(&self.cfg, self.now),
             agent_dead,
             maintenance: self.durable.in_maintenance(m),
-            left: p.left.is_some_and(|g| g >= p.generation),
+            left: self.has_left(m),
             boot: p.boot,
             fenced_boot: self.durable.fenced_boot(m),
         }
+    }
+
+    /// The class of `m` for a proposal of `kind`: an operator's explicit fence overrides a clean
+    /// stop (and nothing else).
+    pub(super) fn fence_class(&self, m: MemberId, kind: peerfence_proto::FenceKind) -> TargetClass {
+        let mut facts = self.target_facts(m);
+        if kind == peerfence_proto::FenceKind::Operator {
+            facts.left = false;
+        }
+        crate::rules::classify(&facts)
     }
 
     /// Whether `m` counts toward the storm threshold (rule E4): Down or Suspect in SWIM, its
@@ -170,7 +177,7 @@ impl Node {
             return self.verdict != Verdict::Healthy;
         }
         let p = &self.peers[m.index()];
-        if self.durable.in_maintenance(m) || p.left.is_some_and(|g| g >= p.generation) {
+        if self.durable.in_maintenance(m) || self.has_left(m) {
             return false;
         }
         let late_after = self.cfg.storage.heartbeat_interval + self.cfg.storage.write_timeout;
@@ -178,6 +185,13 @@ impl Node {
             || p.hb.late(&self.cfg, self.now, late_after)
             || p.fresh_health(self.now)
                 .is_some_and(|h| h.verdict == Verdict::Unhealthy && h.generation >= p.generation)
+    }
+
+    /// Whether `m`'s daemon stopped cleanly and has not returned with a higher generation.
+    pub(super) fn has_left(&self, m: MemberId) -> bool {
+        self.durable
+            .left_generation(m)
+            .is_some_and(|g| g >= self.peers[m.index()].generation)
     }
 
     /// Storage liveness of `m` now.

@@ -41,6 +41,8 @@ struct Cluster {
     /// Members whose incoming messages are held back until released.
     held: Vec<bool>,
     held_queue: VecDeque<(MemberId, MemberId, Bytes)>,
+    /// Members whose slot holds the last record of a clean stop.
+    stopped: Vec<bool>,
 }
 
 impl Cluster {
@@ -66,6 +68,7 @@ impl Cluster {
             blocked: Default::default(),
             held: vec![false; n],
             held_queue: VecDeque::new(),
+            stopped: vec![false; n],
         };
         for i in 0..n {
             c.start(i);
@@ -74,6 +77,7 @@ impl Cluster {
     }
 
     fn start(&mut self, i: usize) {
+        self.stopped[i] = false;
         let node = Node::new(
             self.cfg.clone(),
             MemberId(i as u16),
@@ -86,6 +90,22 @@ impl Cluster {
         .expect("node starts");
         self.nodes[i] = Some(node);
         self.drain(i);
+    }
+
+    /// The daemon stops on purpose: it shuts down (its last outputs go out), its slot keeps
+    /// the clean-stop record, and its host (VMs) keeps running.
+    fn stop_cleanly(&mut self, i: usize) {
+        self.handle(i, Input::Shutdown);
+        assert!(
+            self.log[i]
+                .iter()
+                .any(|o| matches!(o, Output::StopHeartbeat { .. })),
+            "a clean stop asks for the last heartbeat record"
+        );
+        self.nodes[i] = None;
+        self.writing[i] = false;
+        self.stopped[i] = true;
+        self.deliver();
     }
 
     /// The daemon dies: whatever it did not persist is lost.
@@ -217,6 +237,7 @@ impl Cluster {
                         path: 0,
                         member: MemberId(m as u16),
                         record: Some(record),
+                        stopped: self.stopped[m],
                     },
                 );
             }
@@ -1135,4 +1156,126 @@ fn a_local_self_fence_request_only_waives_the_grace_and_still_needs_the_quorum()
     c.handle(0, Input::Operator(OperatorCommand::SelfFenceRequest));
     assert_eq!(answer(&c, 0), Some(SelfFenceAnswer::NoAction));
     assert!(!SelfFenceAnswer::NoAction.accepted());
+}
+
+/// Issue 10 §1: a clean stop is remembered by every member, across their own restarts and across
+/// the leaver's silence, and also by a member that lost its state and learns it only from the
+/// leaver's heartbeat slot. Nothing but an operator fence may fence it.
+#[test]
+fn a_clean_stop_is_remembered_across_restarts_and_from_the_slot() {
+    let mut c = settled(5, |_| {});
+    c.stop_cleanly(4);
+    c.run_for(Duration::from_secs(2));
+    for i in 0..4 {
+        let d = c.disks[i].as_ref().unwrap();
+        assert!(
+            d.left_generation(MemberId(4)).is_some(),
+            "h{i} persisted the leave"
+        );
+    }
+    // Three peers restart (a rolling upgrade); one of them lost its state entirely.
+    for i in 0..3 {
+        c.crash(i);
+    }
+    c.disks[2] = None;
+    for i in 0..3 {
+        c.start(i);
+    }
+    // h2 hears nobody for a while: it can learn the clean stop only from h4's heartbeat slot.
+    c.cut[2] = true;
+    c.run_for(Duration::from_secs(3));
+    let p = c.nodes[2]
+        .as_ref()
+        .unwrap()
+        .status()
+        .peers
+        .into_iter()
+        .find(|p| p.member == MemberId(4))
+        .unwrap();
+    assert!(
+        p.left.is_some(),
+        "h2 read the clean stop from the slot: {p:?}"
+    );
+    c.cut[2] = false;
+    c.run_for(Duration::from_secs(30));
+    for i in 0..4 {
+        let node = c.nodes[i].as_ref().unwrap();
+        let p = node
+            .status()
+            .peers
+            .into_iter()
+            .find(|p| p.member == MemberId(4))
+            .unwrap();
+        assert_eq!(p.ha, HaState::Left, "h{i}");
+        assert!(p.left.is_some(), "h{i}");
+        assert!(!p.dead);
+    }
+    assert!(
+        c.all_events().all(
+            |(_, e)| !matches!(e, Event::Proposed { proposal } if proposal.target == MemberId(4))
+        ),
+        "nobody proposed to fence a host that left"
+    );
+    // It comes back with a higher generation: the leave is over.
+    c.writing[4] = true;
+    c.cut[4] = false;
+    c.start(4);
+    c.run_for(Duration::from_secs(15));
+    for i in 0..4 {
+        let node = c.nodes[i].as_ref().unwrap();
+        assert!(
+            node.durable().left_generation(MemberId(4)).is_none(),
+            "h{i}"
+        );
+        let p = node
+            .status()
+            .peers
+            .into_iter()
+            .find(|p| p.member == MemberId(4))
+            .unwrap();
+        assert_eq!(p.ha, HaState::Available, "h{i}");
+    }
+}
+
+/// An operator may still fence a host that left: the proposal is an operator fence, voters accept
+/// it, and the poison pill is never used for it (a closed watchdog proves nothing).
+#[test]
+fn an_operator_fence_of_a_host_that_left_needs_power_off() {
+    let mut c = settled(5, |r| {
+        r.fencing.levels = Some(vec![RawLevel::poison_pill("pill")]);
+        r.watchdog.enabled = Some(true);
+    });
+    c.stop_cleanly(4);
+    c.run_for(Duration::from_secs(10));
+    c.handle(
+        0,
+        Input::Operator(OperatorCommand::ManualFence {
+            target: MemberId(4),
+        }),
+    );
+    c.run_for(Duration::from_secs(10));
+    let started: Vec<_> = c
+        .all_events()
+        .filter_map(|(_, e)| match e {
+            Event::FenceStarted { qc, .. } => Some(qc.proposal.kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        started,
+        vec![FenceKind::Operator],
+        "one operator fence started"
+    );
+    assert!(
+        c.log
+            .iter()
+            .flatten()
+            .all(|o| !matches!(o, Output::WritePill { .. })),
+        "no pill for a host whose watchdog is closed"
+    );
+    assert!(
+        c.all_events()
+            .all(|(_, e)| !matches!(e, Event::SafeToRecover { .. })),
+        "never confirmed without power Off"
+    );
 }
