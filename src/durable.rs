@@ -134,6 +134,10 @@ pub struct DurableState {
     pub roster: Vec<String>,
     /// Members whose daemons stopped cleanly, at most one per member.
     pub left: Vec<LeftMember>,
+    /// The writer's clock when this state was last handed out for persisting. A later start in
+    /// the same boot whose clock reads less has a clock that did not keep running (a clock that
+    /// starts with the process): its stored instants are then re-armed like after a reboot.
+    pub clock_at: Instant,
     /// Rounds this node opened as proposer and has not closed. After a restart, those without a
     /// fence record never started a fence (the record is persisted before any fence command),
     /// so they are released at once instead of holding their voters' promises until expiry.
@@ -183,6 +187,7 @@ impl DurableState {
             round_counter: 0,
             roster: Vec::new(),
             left: Vec::new(),
+            clock_at: Instant::ZERO,
             open_rounds: Vec::new(),
         }
     }
@@ -214,10 +219,14 @@ impl DurableState {
     }
 
     /// Prepares loaded state for a run in `boot` starting at `now`: stored instants from another
-    /// boot are re-armed from `now` with their full length (never shortened).
-    pub fn rebase(&mut self, boot: BootId, now: Instant) {
-        if self.boot == Some(boot) {
-            return;
+    /// boot are re-armed from `now` with their full length (never shortened). Within one boot
+    /// they stand as they are: the driver's clock keeps running across daemon restarts (the
+    /// daemon reads CLOCK_BOOTTIME). Should it have restarted anyway (`now` before the last
+    /// persisted instant), they are re-armed too, rather than lasting as long as the previous
+    /// process had run. Returns whether instants were re-armed.
+    pub fn rebase(&mut self, boot: BootId, now: Instant) -> bool {
+        if self.boot == Some(boot) && now >= self.clock_at {
+            return false;
         }
         for p in &mut self.promises {
             let ttl = p.expires_at.saturating_since(p.granted_at);
@@ -236,6 +245,8 @@ impl DurableState {
             r.deadline = now + len;
         }
         self.boot = Some(boot);
+        self.clock_at = now;
+        true
     }
 
     /// Moves member-keyed entries from the roster this state was written under to `names` (the
@@ -639,6 +650,15 @@ mod tests {
         let mut same = s.clone();
         same.rebase(BootId([1; 16]), Instant::from_micros(5));
         assert_eq!(same, s);
+        // Same boot but a clock that restarted (it reads less than the last persisted instant):
+        // re-armed like after a reboot instead of lasting as long as the previous process ran.
+        let mut restarted = s.clone();
+        restarted.clock_at = Instant::from_micros(1_000_000);
+        assert!(restarted.rebase(BootId([1; 16]), Instant::from_micros(5)));
+        assert_eq!(
+            restarted.promises[0].expires_at,
+            Instant::from_micros(30_000_005)
+        );
         // New boot, monotonic clock restarted near zero: full lengths from now.
         s.rebase(BootId([7; 16]), Instant::from_micros(50));
         assert_eq!(s.promises[0].expires_at, Instant::from_micros(30_000_050));

@@ -3,7 +3,8 @@
 
 use crate::net::NetParams;
 use crate::world::{
-    BmcMode, Fault, MS, RunResult, SEC, SimParams, StorageMode, Trigger, TriggerOn, host_secret,
+    BmcMode, DAY, DaemonClock, Fault, MS, RunResult, SEC, SimParams, StorageMode, Trigger,
+    TriggerOn, host_secret,
 };
 use peerfence::config::{RawConfig, RawLevel, raw_for_members};
 use peerfence::crypto::VoteKey;
@@ -782,6 +783,42 @@ fn expect_operator_fence(s: &Setup, r: &RunResult) -> Vec<String> {
     out
 }
 
+/// Hosts that have been up for about three weeks, a crash, and daemons restarted in the same
+/// boot in the middle of its fence round (after voting, after persisting the vote, after
+/// starting the fence). Every instant a daemon persisted was taken on the clock of the process
+/// before; the restarted one must not read them as weeks in the future.
+fn restart_after_long_uptime(s: &mut Setup) {
+    s.duration_us = 150 * SEC;
+    s.params.initial_uptime_us = (20 * DAY, 22 * DAY);
+    // The daemon reads CLOCK_BOOTTIME; half the runs give it a clock that starts with each
+    // process instead, which the core must notice (an earlier clock than it persisted) and
+    // treat like a reboot.
+    if s.rng.random_bool(0.5) {
+        s.params.daemon_clock = DaemonClock::Process;
+    }
+    let v = s.host();
+    let at = s.at(20, 30);
+    // The host loses power and stays off (its BMC answers Off): no new boot will prove it gone,
+    // only a fence can.
+    s.fault(at, Fault::PowerLoss(v));
+    s.expected_crashes.push((v, at, Some(120 * SEC)));
+    s.victims = vec![v];
+    let kinds = [
+        TriggerOn::VoterPersisted,
+        TriggerOn::VoterPersisted,
+        TriggerOn::FenceStarted,
+        TriggerOn::FenceCommand,
+    ];
+    let on = kinds[s.rng.random_range(0..kinds.len())];
+    let restart_after_us = s.rng.random_range(3 * SEC..=6 * SEC);
+    s.triggers.push(Trigger {
+        on,
+        host: None,
+        restart_after_us,
+        fired: false,
+    });
+}
+
 fn expect_invariants_only(_s: &Setup, _r: &RunResult) -> Vec<String> {
     Vec::new()
 }
@@ -899,6 +936,14 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: clean_stop_operator_fence,
         expect: expect_operator_fence,
+    },
+    Scenario {
+        name: "restart-after-long-uptime",
+        about: "hosts up for three weeks, a crash, a daemon restarted in the same boot mid-round: its persisted promises and attempts keep their real length, the crash is fenced within 120 s",
+        default_nodes: 3,
+        min_nodes: 3,
+        build: restart_after_long_uptime,
+        expect: expect_victims_confirmed,
     },
     Scenario {
         name: "random",

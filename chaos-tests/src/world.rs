@@ -55,6 +55,8 @@ macro_rules! check {
 pub const MS: u64 = 1_000;
 /// One second in simulated microseconds.
 pub const SEC: u64 = 1_000_000;
+/// One day in simulated microseconds.
+pub const DAY: u64 = 86_400 * SEC;
 
 /// How a host's access to one storage path behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +227,9 @@ pub enum TriggerOn {
     Voted,
     /// The first `Persist` after a `Voted` (promise durable, vote not yet sent).
     PersistAfterVote,
+    /// The first `Persist` after a `Voted` for another member's proposal: a voter's promise is
+    /// durable and its vote never leaves.
+    VoterPersisted,
     /// `Event::FenceStarted`.
     FenceStarted,
     /// The first `Output::Fence` command.
@@ -289,7 +294,7 @@ impl Default for SimParams {
             bmc_status_us: 200 * MS,
             bmc_on_us: 260 * MS,
             bmc_fail_us: 100 * MS,
-            daemon_clock: DaemonClock::Process,
+            daemon_clock: DaemonClock::Boot,
             initial_uptime_us: (10 * SEC, 100 * SEC),
             persist_latency_us: (0, 0),
             persist_mode: PersistMode::Blocking,
@@ -1019,7 +1024,14 @@ impl World {
         let process_clock = self.params.daemon_clock == DaemonClock::Process;
         let now = self.now;
         let hs = &mut self.hosts[h];
-        hs.proc_origin = process_clock.then(|| hs.local(now));
+        // The first daemon of a run has been running since its host booted (for weeks, with a
+        // long uptime); every later one starts its own clock.
+        let origin = if hs.epoch == 0 {
+            Instant::ZERO
+        } else {
+            hs.local(now)
+        };
+        hs.proc_origin = process_clock.then_some(origin);
         let local = hs.dlocal(now);
         hs.epoch += 1;
         hs.clean_stopped = false;
@@ -1299,7 +1311,7 @@ impl World {
     /// Carries out held outputs in order until the next persist that must be waited for.
     fn release_pending(&mut self, h: usize) {
         let epoch = self.hosts[h].epoch;
-        let mut after_vote = false;
+        let mut after_vote = 0u8;
         while self.hosts[h].persist_inflight.is_none()
             && !self.hosts[h].blocked_until.is_some_and(|u| u > self.now)
         {
@@ -1327,7 +1339,7 @@ impl World {
             }
         }
         let epoch = self.hosts[h].epoch;
-        let mut after_vote = false;
+        let mut after_vote = 0u8;
         for o in outputs {
             if self.hosts[h].epoch != epoch {
                 // The daemon crashed in the middle of its outputs: the rest never happened.
@@ -1356,7 +1368,7 @@ impl World {
 
     /// Carries out one output now (a persist with latency starts its write instead), firing a
     /// crash trigger if it matches.
-    fn output_one(&mut self, h: usize, o: Output, after_vote: &mut bool) {
+    fn output_one(&mut self, h: usize, o: Output, after_vote: &mut u8) {
         let trigger = self.trigger_for(h, &o, after_vote);
         match o {
             Output::Persist(state) if self.hosts[h].persist_latency_us.1 > 0 => {
@@ -1377,14 +1389,25 @@ impl World {
         }
     }
 
-    fn trigger_for(&mut self, h: usize, o: &Output, after_vote: &mut bool) -> Option<u64> {
+    fn trigger_for(&mut self, h: usize, o: &Output, after_vote: &mut u8) -> Option<u64> {
         let kind = match o {
             Output::Event(Event::Proposed { .. }) => Some(TriggerOn::Proposed),
-            Output::Event(Event::Voted { .. }) => {
-                *after_vote = true;
+            Output::Event(Event::Voted { proposal, .. }) => {
+                *after_vote = if proposal.proposer.index() == h { 1 } else { 2 };
                 Some(TriggerOn::Voted)
             }
-            Output::Persist(_) if *after_vote => Some(TriggerOn::PersistAfterVote),
+            Output::Persist(_) if *after_vote == 2 => {
+                // Either trigger may match this persist.
+                let voter = self.triggers.iter().any(|t| {
+                    !t.fired && t.on == TriggerOn::VoterPersisted && t.host.is_none_or(|x| x == h)
+                });
+                Some(if voter {
+                    TriggerOn::VoterPersisted
+                } else {
+                    TriggerOn::PersistAfterVote
+                })
+            }
+            Output::Persist(_) if *after_vote == 1 => Some(TriggerOn::PersistAfterVote),
             Output::Event(Event::FenceStarted { .. }) => Some(TriggerOn::FenceStarted),
             Output::Fence(c) if c.action == AgentAction::Off => Some(TriggerOn::FenceCommand),
             _ => None,

@@ -163,6 +163,14 @@ fn clean_stop_operator_fence() {
     assert!(s.fences_total >= s.runs as usize);
 }
 
+/// Issue 10 §3: one clock per boot. A daemon restarted after weeks of uptime keeps the real
+/// length of its promises and attempts; a crash is fenced within the bound.
+#[test]
+fn restart_after_long_uptime() {
+    let s = run_seam("restart-after-long-uptime");
+    assert!(s.fences_total >= s.runs as usize);
+}
+
 #[test]
 fn random() {
     run("random");

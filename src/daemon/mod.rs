@@ -182,27 +182,52 @@ pub fn boot_id(source: BootIdSource) -> Result<BootId, DaemonError> {
     }
 }
 
-/// The one clock of the daemon: monotonic time since start, as the core's instant.
+/// The one clock of the daemon: CLOCK_BOOTTIME, as the core's instant. It counts from the
+/// host's boot and keeps running across daemon restarts (and suspends), so an instant persisted
+/// by one daemon process means the same to the next one in the same boot; only a new boot
+/// restarts it (and the core re-arms stored deadlines then). A clock that started with each
+/// process would make a promise granted after 20 days of uptime last another 20 days.
 #[derive(Clone, Copy)]
 struct Clock {
-    std: std::time::Instant,
+    boot: Instant,
     tokio: tokio::time::Instant,
+}
+
+/// CLOCK_BOOTTIME in microseconds (CLOCK_MONOTONIC if the kernel lacks it, which every kernel
+/// since 2.6.39 has).
+#[allow(unsafe_code)]
+fn boottime_micros() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes into it.
+    let mut rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        // SAFETY: as above.
+        rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    }
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec.max(0) as u64) * 1_000_000 + (ts.tv_nsec.max(0) as u64) / 1_000
 }
 
 impl Clock {
     fn start() -> Self {
         Self {
-            std: std::time::Instant::now(),
+            boot: Instant::from_micros(boottime_micros()),
             tokio: tokio::time::Instant::now(),
         }
     }
 
     fn now(&self) -> Instant {
-        Instant::from_micros(self.std.elapsed().as_micros() as u64)
+        // Never earlier than at start, whatever the kernel says.
+        Instant::from_micros(boottime_micros()).max(self.boot)
     }
 
     fn deadline(&self, at: Instant) -> tokio::time::Instant {
-        self.tokio + Duration::from_micros(at.as_micros())
+        self.tokio + at.saturating_since(self.boot)
     }
 }
 
@@ -878,4 +903,36 @@ async fn signals(tx: mpsc::Sender<Msg>) {
     }
     tracing::warn!("second signal: exiting now");
     std::process::exit(130);
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    /// The daemon's clock is the host's boot clock: a second daemon process (a second `Clock`)
+    /// reads on where the first left off instead of starting again near zero, so instants the
+    /// first one persisted keep their meaning.
+    #[test]
+    fn the_clock_counts_from_boot_and_survives_a_restart() {
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let first = Clock::start();
+        let a = first.now();
+        assert!(
+            a.as_micros() as f64 >= (uptime - 1.0) * 1e6,
+            "{a:?} vs uptime {uptime} s"
+        );
+        let second = Clock::start();
+        assert!(
+            second.now() >= a,
+            "a restarted daemon's clock never goes back"
+        );
+        // Deadlines map onto tokio's clock from the start of this process.
+        assert_eq!(second.deadline(second.boot), second.tokio);
+    }
 }

@@ -83,7 +83,8 @@ pub struct Stats {
     pub votes_granted: u64,
     /// Votes refused.
     pub votes_refused: u64,
-    /// Inputs whose `now` was earlier than a previous one (clamped).
+    /// Inputs whose `now` was earlier than a previous one (clamped), and starts in the same boot
+    /// whose clock read less than the last persisted instant (stored instants re-armed).
     pub clock_went_backwards: u64,
 }
 
@@ -256,6 +257,9 @@ impl Node {
             .map(|m| config.roster.name(m).to_owned())
             .collect();
         durable.remap_roster(&names);
+        // Same boot but an earlier clock: the driver's clock did not keep running across the
+        // restart. Re-armed (conservatively) and counted.
+        let clock_restarted = durable.boot == Some(boot) && now < durable.clock_at;
         durable.rebase(boot, now);
         durable.generation = durable
             .generation
@@ -310,6 +314,9 @@ impl Node {
             stopped: false,
             cfg: config,
         };
+        if clock_restarted {
+            node.stats.clock_went_backwards += 1;
+        }
         node.persist();
         node.resume_interrupted_attempts();
         node.swim.announce_to_inactive(now);
@@ -533,6 +540,7 @@ impl Node {
     fn persist(&mut self) {
         if self.dirty {
             self.dirty = false;
+            self.durable.clock_at = self.durable.clock_at.max(self.now);
             self.out
                 .push_back(Output::Persist(Box::new(self.durable.clone())));
         }
