@@ -1182,6 +1182,11 @@ fn compute_digest(c: &Config) -> ConfigDigest {
         put("member", m.name.as_bytes());
         put("key", &m.vote_key.0);
     }
+    // Every member must write and read the same paths: a member with another path set would
+    // see its peers' heartbeats stop there while they run.
+    for p in &c.storage.paths {
+        put("storage_path", p.as_bytes());
+    }
     put("heartbeat_interval", &ms(c.storage.heartbeat_interval));
     put("write_timeout", &ms(c.storage.write_timeout));
     put(
@@ -1381,6 +1386,13 @@ mod tests {
         let mut r = raw(5);
         r.fencing.proposal_timeout = Some("4s".into());
         assert_ne!(r.validate().unwrap().digest(), a);
+        let mut r = raw(5);
+        r.storage.paths.push("/shared/other".into());
+        assert_ne!(
+            r.validate().unwrap().digest(),
+            a,
+            "members with other path sets would see each other's heartbeats stop"
+        );
         let mut r = raw(5);
         r.swim.gossip_period = Some("300ms".into());
         r.cluster.mode = Some("observe".into());

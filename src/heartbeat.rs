@@ -28,6 +28,8 @@ pub enum Liveness {
 #[derive(Debug, Clone, Default)]
 struct PathView {
     value: Option<(BootId, u64)>,
+    /// The value is the last record of a clean stop.
+    stopped: bool,
     first_read_at: Option<Instant>,
     last_read_at: Option<Instant>,
     last_change_at: Option<Instant>,
@@ -60,41 +62,60 @@ impl PeerHeartbeat {
     }
 
     /// Records one successful read of the peer's slot on `path` (`None`: the slot is empty).
+    ///
+    /// A change between two reads that follow each other closely (within the freshness window)
+    /// happened between them: fresh life. A change seen on the very first read, or after a gap in
+    /// this host's reads (its own storage failed, its reads hung), says nothing about *when* it
+    /// was written: a write that landed just before the gap would look like life although the
+    /// writer may have died since. Observation then starts over from this read.
     pub fn observe(
         &mut self,
+        config: &Config,
         now: Instant,
         path: usize,
         record: Option<HeartbeatRecord>,
+        stopped: bool,
     ) -> Observed {
+        let fresh = Self::fresh_window(config);
         let Some(p) = self.paths.get_mut(path) else {
             return Observed::Same;
         };
+        p.stopped = stopped && record.is_some();
+        let gap = p
+            .last_read_at
+            .is_none_or(|t| now.saturating_since(t) > fresh);
+        let value = record.map(|r| (r.boot, r.counter));
+        let changed = p.value != value;
+        p.last_read_at = Some(now);
         if p.first_read_at.is_none() {
             p.first_read_at = Some(now);
         }
-        p.last_read_at = Some(now);
-        let value = record.map(|r| (r.boot, r.counter));
-        let result = match (p.value, value) {
-            (old, new) if old == new => Observed::Same,
-            (None, Some(_)) => Observed::First,
-            _ => Observed::Advanced,
-        };
-        if result != Observed::Same {
-            p.value = value;
-            // The very first value says nothing about when it was written.
-            if result == Observed::Advanced {
-                p.last_change_at = Some(now);
-            }
+        if !changed {
+            // The same value on both sides of a gap: counters only grow, so nothing was
+            // written in between; what was known before the gap still holds.
+            return Observed::Same;
         }
-        result
+        p.value = value;
+        if gap {
+            p.first_read_at = Some(now);
+            p.last_change_at = None;
+            Observed::First
+        } else {
+            p.last_change_at = Some(now);
+            Observed::Advanced
+        }
+    }
+
+    /// Reads are fresh when one happened within two intervals plus a write timeout (a read can
+    /// be as slow as a write).
+    fn fresh_window(config: &Config) -> Duration {
+        config.storage.heartbeat_interval * 2 + config.storage.write_timeout
     }
 
     /// Liveness now.
     pub fn liveness(&self, config: &Config, now: Instant) -> Liveness {
         let activity = config.storage.activity_timeout;
-        // Reads are fresh when one happened within two intervals plus a write timeout (a read
-        // can be as slow as a write).
-        let fresh = config.storage.heartbeat_interval * 2 + config.storage.write_timeout;
+        let fresh = Self::fresh_window(config);
         let mut all_stalled = true;
         let mut since = Instant::ZERO;
         for p in &self.paths {
@@ -127,7 +148,7 @@ impl PeerHeartbeat {
     /// Whether no path has shown a change for longer than `after`, with fresh reads on every
     /// path: an early warning, weaker than [`Liveness::Stalled`], used only to count trouble.
     pub fn late(&self, config: &Config, now: Instant, after: Duration) -> bool {
-        let fresh = config.storage.heartbeat_interval * 2 + config.storage.write_timeout;
+        let fresh = Self::fresh_window(config);
         !self.paths.is_empty()
             && self.paths.iter().all(|p| {
                 let fresh_read = p
@@ -136,6 +157,11 @@ impl PeerHeartbeat {
                 let quiet_from = p.last_change_at.or(p.first_read_at);
                 fresh_read && quiet_from.is_some_and(|q| now.saturating_since(q) > after)
             })
+    }
+
+    /// Whether the latest record read on `path` is the last one of a clean stop.
+    pub fn stopped_on(&self, path: usize) -> bool {
+        self.paths.get(path).is_some_and(|p| p.stopped)
     }
 
     /// The most recent change seen on any path.
@@ -177,16 +203,25 @@ mod tests {
     fn alive_while_the_counter_moves_stalled_after_activity_timeout() {
         let cfg = config(5); // activity 5 s, interval 1 s, write timeout 2 s
         let mut hb = PeerHeartbeat::new(&cfg);
-        assert_eq!(hb.observe(at(0.0), 0, rec(1, 10)), Observed::First);
+        assert_eq!(
+            hb.observe(&cfg, at(0.0), 0, rec(1, 10), false),
+            Observed::First
+        );
         assert_eq!(
             hb.liveness(&cfg, at(0.0)),
             Liveness::Unknown,
             "one value proves nothing"
         );
-        assert_eq!(hb.observe(at(1.0), 0, rec(1, 11)), Observed::Advanced);
+        assert_eq!(
+            hb.observe(&cfg, at(1.0), 0, rec(1, 11), false),
+            Observed::Advanced
+        );
         assert_eq!(hb.liveness(&cfg, at(1.0)), Liveness::Alive);
         for i in 2..=6 {
-            assert_eq!(hb.observe(at(i as f64), 0, rec(1, 11)), Observed::Same);
+            assert_eq!(
+                hb.observe(&cfg, at(i as f64), 0, rec(1, 11), false),
+                Observed::Same
+            );
         }
         assert_eq!(hb.liveness(&cfg, at(5.9)), Liveness::Alive);
         assert_eq!(
@@ -200,11 +235,11 @@ mod tests {
     fn late_comes_before_stalled() {
         let cfg = config(5);
         let mut hb = PeerHeartbeat::new(&cfg);
-        hb.observe(at(0.0), 0, rec(1, 1));
-        hb.observe(at(1.0), 0, rec(1, 2));
+        hb.observe(&cfg, at(0.0), 0, rec(1, 1), false);
+        hb.observe(&cfg, at(1.0), 0, rec(1, 2), false);
         let after = Duration::from_secs(3);
         for i in 2..=5 {
-            hb.observe(at(i as f64), 0, rec(1, 2));
+            hb.observe(&cfg, at(i as f64), 0, rec(1, 2), false);
         }
         assert!(!hb.late(&cfg, at(4.0), after));
         assert!(hb.late(&cfg, at(4.1), after));
@@ -220,11 +255,11 @@ mod tests {
     fn stale_reads_are_unknown_not_stalled() {
         let cfg = config(5);
         let mut hb = PeerHeartbeat::new(&cfg);
-        hb.observe(at(0.0), 0, rec(1, 1));
-        hb.observe(at(1.0), 0, rec(1, 2));
+        hb.observe(&cfg, at(0.0), 0, rec(1, 1), false);
+        hb.observe(&cfg, at(1.0), 0, rec(1, 2), false);
         // This host's reads stop (its storage failed): no evidence of a stall.
         assert_eq!(hb.liveness(&cfg, at(10.0)), Liveness::Unknown);
-        hb.observe(at(10.0), 0, rec(1, 2));
+        hb.observe(&cfg, at(10.0), 0, rec(1, 2), false);
         assert_eq!(
             hb.liveness(&cfg, at(10.0)),
             Liveness::Stalled { since: at(1.0) }
@@ -236,7 +271,7 @@ mod tests {
         let cfg = config(5);
         let mut hb = PeerHeartbeat::new(&cfg);
         for i in 0..=5 {
-            hb.observe(at(i as f64), 0, None);
+            hb.observe(&cfg, at(i as f64), 0, None, false);
         }
         assert_eq!(
             hb.liveness(&cfg, at(5.0)),
@@ -248,16 +283,71 @@ mod tests {
     fn a_new_boot_is_life() {
         let cfg = config(5);
         let mut hb = PeerHeartbeat::new(&cfg);
-        hb.observe(at(0.0), 0, rec(1, 50));
-        hb.observe(at(1.0), 0, rec(1, 51));
+        hb.observe(&cfg, at(0.0), 0, rec(1, 50), false);
+        hb.observe(&cfg, at(1.0), 0, rec(1, 51), false);
         for i in 2..=8 {
-            hb.observe(at(i as f64), 0, rec(1, 51));
+            hb.observe(&cfg, at(i as f64), 0, rec(1, 51), false);
         }
         assert!(matches!(
             hb.liveness(&cfg, at(8.0)),
             Liveness::Stalled { .. }
         ));
-        assert_eq!(hb.observe(at(9.0), 0, rec(2, 1)), Observed::Advanced);
+        assert_eq!(
+            hb.observe(&cfg, at(9.0), 0, rec(2, 1), false),
+            Observed::Advanced
+        );
         assert_eq!(hb.liveness(&cfg, at(9.0)), Liveness::Alive);
+    }
+
+    /// A slot read empty, then holding a record one read later, was written in between: life
+    /// (a host that just booted and wrote its first heartbeat is not "not yet known").
+    #[test]
+    fn a_first_record_in_a_slot_read_empty_is_life() {
+        let cfg = config(5);
+        let mut hb = PeerHeartbeat::new(&cfg);
+        for i in 0..10 {
+            hb.observe(&cfg, at(i as f64), 0, None, false);
+        }
+        assert!(matches!(
+            hb.liveness(&cfg, at(9.0)),
+            Liveness::Stalled { .. }
+        ));
+        assert_eq!(
+            hb.observe(&cfg, at(10.0), 0, rec(2, 1), false),
+            Observed::Advanced
+        );
+        assert_eq!(hb.liveness(&cfg, at(10.0)), Liveness::Alive);
+    }
+
+    /// Issue 10 §8: a change seen after a gap in this host's reads (its storage was out) says
+    /// nothing about when it was written; observation starts over.
+    #[test]
+    fn a_change_seen_after_a_read_gap_is_not_fresh_life() {
+        let cfg = config(5);
+        let mut hb = PeerHeartbeat::new(&cfg);
+        for i in 0..=3 {
+            hb.observe(&cfg, at(i as f64), 0, rec(1, i + 1), false);
+        }
+        assert_eq!(hb.liveness(&cfg, at(3.0)), Liveness::Alive);
+        // This host cannot read for 20 s; the peer's last write landed after its last read.
+        assert_eq!(
+            hb.observe(&cfg, at(23.0), 0, rec(1, 5), false),
+            Observed::First
+        );
+        assert_eq!(hb.liveness(&cfg, at(23.0)), Liveness::Unknown);
+        for i in 24..=27 {
+            hb.observe(&cfg, at(i as f64), 0, rec(1, 5), false);
+        }
+        assert_eq!(
+            hb.liveness(&cfg, at(27.0)),
+            Liveness::Unknown,
+            "not judged yet"
+        );
+        hb.observe(&cfg, at(28.0), 0, rec(1, 5), false);
+        assert_eq!(
+            hb.liveness(&cfg, at(28.0)),
+            Liveness::Stalled { since: at(23.0) },
+            "stalled a full activity timeout after observation began again"
+        );
     }
 }

@@ -92,6 +92,11 @@ enum Command {
         #[command(flatten)]
         auth: client::Auth,
     },
+    /// Shared storage paths.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
     /// Built-in fence agents.
     Agent {
         #[command(subcommand)]
@@ -127,6 +132,18 @@ enum AgentCommand {
         /// Optional `--name=value` parameters (stdin is read when no action is given here).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         params: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Write the cluster marker on every storage path of the configuration (once, when the
+    /// shared storage is first set up). peerfence writes its heartbeat only on paths that hold
+    /// it, so a mount that failed is never mistaken for the shared storage.
+    Init {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -173,6 +190,9 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::CheckConfig { path } => check_config(&path),
         Command::Certs { command } => certs_command(command),
+        Command::Storage {
+            command: StorageCommand::Init { config },
+        } => storage_init(&config),
         Command::DurableStress { dir } => durable_stress(&dir),
         Command::Agent {
             command: AgentCommand::Sim { params },
@@ -270,6 +290,28 @@ fn run(path: &Path) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn storage_init(path: &Path) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut ok = true;
+    for dir in &cfg.core.storage.paths {
+        match peerfence::daemon::storage::init_marker(Path::new(dir), cfg.core.cluster.as_str()) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

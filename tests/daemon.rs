@@ -419,6 +419,62 @@ fn a_hanging_heartbeat_write_fails_that_host_only() {
     );
 }
 
+/// Issue 10 §4: a path without this cluster's marker is not the shared storage (a mount that
+/// failed leaves the bare mountpoint). Every host stops writing there and says why; the
+/// explicit `peerfence storage init` restores it.
+#[test]
+fn a_path_without_the_cluster_marker_is_not_written() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::new("marker", 3, "");
+    for i in 0..3 {
+        c.start(i);
+    }
+    let healthy = |c: &Cluster| {
+        (0..3).all(|i| {
+            c.status(i)
+                .is_some_and(|s| s["node"]["verdict"] == "Healthy")
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || healthy(&c).then_some(())).is_some(),
+        "{:?}",
+        c.status(0)
+    );
+    let marker = c.dir.join("shared").join(".peerfence-cluster");
+    std::fs::remove_file(&marker).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            (0..3)
+                .all(|i| {
+                    c.status(i).is_some_and(|s| {
+                        s["node"]["verdict"] == "Unhealthy" && s["node"]["storage"][0] == "Failed"
+                    })
+                })
+                .then_some(())
+        })
+        .is_some(),
+        "{:?}",
+        c.status(0)
+    );
+    let log = c.log(0);
+    assert!(log.contains("peerfence storage init"), "{log}");
+    let out = Command::new(common::bin())
+        .args(["storage", "init", "--config"])
+        .arg(&c.members[0].config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || healthy(&c).then_some(())).is_some(),
+        "{:?}",
+        c.status(0)
+    );
+}
+
 #[test]
 fn kill_9_during_durable_writes_loses_nothing_acknowledged() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

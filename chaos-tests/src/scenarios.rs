@@ -3,8 +3,8 @@
 
 use crate::net::NetParams;
 use crate::world::{
-    BmcMode, DAY, DaemonClock, Fault, MS, RunResult, SEC, SimParams, StorageMode, Trigger,
-    TriggerOn, host_secret,
+    BmcMode, DAY, DaemonClock, Fault, MS, ReadMode, RunResult, SEC, SimParams, StorageMode,
+    Trigger, TriggerOn, host_secret,
 };
 use peerfence::config::{RawConfig, RawLevel, raw_for_members};
 use peerfence::crypto::VoteKey;
@@ -548,7 +548,7 @@ fn random(s: &mut Setup) {
         let at = s.at(15, 90);
         let h = s.host();
         let back = at + s.rng.random_range(5 * SEC..=40 * SEC);
-        match s.rng.random_range(0..13) {
+        match s.rng.random_range(0..17) {
             0 => s.fault(at, Fault::CrashHost(h)),
             1 => {
                 s.fault(at, Fault::CrashDaemon(h));
@@ -633,6 +633,67 @@ fn random(s: &mut Setup) {
                 };
                 s.fault(at, Fault::Bmc(h, mode));
             }
+            13 => {
+                // A stale client cache: this host's reads (its own slot's included) freeze.
+                s.fault(at, Fault::FreezeReader(h));
+                if s.rng.random_bool(0.7) {
+                    s.fault(back, Fault::ThawReader(h));
+                }
+            }
+            14 => {
+                // Reads fail, hang or slow down on their own, writes unaffected.
+                let k = s.rng.random_range(1..=n);
+                let hosts = s.distinct(k);
+                let mode = match s.rng.random_range(0..3) {
+                    0 => ReadMode::Fail,
+                    1 => ReadMode::Hang,
+                    _ => ReadMode::Slow {
+                        latency_us: s.rng.random_range(100 * MS..=3 * SEC),
+                    },
+                };
+                s.fault(
+                    at,
+                    Fault::Reads {
+                        hosts: hosts.clone(),
+                        path: None,
+                        mode,
+                    },
+                );
+                s.fault(
+                    back,
+                    Fault::Reads {
+                        hosts,
+                        path: None,
+                        mode: ReadMode::Normal,
+                    },
+                );
+            }
+            15 => {
+                // A shared mount that is not shared (with or without a marker copy).
+                let marker = s.rng.random_bool(0.5);
+                let until_reboot = s.rng.random_bool(0.5);
+                s.fault(
+                    at,
+                    Fault::Storage {
+                        hosts: vec![h],
+                        path: None,
+                        mode: StorageMode::Private { marker },
+                        until_reboot,
+                    },
+                );
+                if s.rng.random_bool(0.5) {
+                    s.fault(
+                        back,
+                        Fault::Storage {
+                            hosts: vec![h],
+                            path: None,
+                            mode: StorageMode::Ok,
+                            until_reboot: false,
+                        },
+                    );
+                }
+            }
+            16 => s.fault(at, Fault::PowerLoss(h)),
             11 => {
                 // A clean stop (VMs run on); sometimes the daemon comes back.
                 s.fault(at, Fault::StopDaemon(h));
@@ -819,6 +880,106 @@ fn restart_after_long_uptime(s: &mut Setup) {
     });
 }
 
+/// One host's shared mount is not shared: it failed at boot (the heartbeat goes to the local
+/// mountpoint directory) or was replaced underneath later. Its writes succeed and it reads back
+/// what it wrote, but nobody else sees them. Then it loses its network, with its BMC dead: the
+/// majority fences it by poison pill, which it never reads. Half the runs keep a copy of the
+/// cluster marker in the private directory (a stale copy of the shared tree), which a marker
+/// check alone cannot tell apart.
+fn private_mount(s: &mut Setup) {
+    s.duration_us = 150 * SEC;
+    let x = s.host();
+    let marker = s.rng.random_bool(0.5);
+    let at = if s.rng.random_bool(0.5) {
+        0
+    } else {
+        s.at(15, 25)
+    };
+    s.fault(
+        at,
+        Fault::Storage {
+            hosts: vec![x],
+            path: None,
+            mode: StorageMode::Private { marker },
+            until_reboot: true,
+        },
+    );
+    s.fault(at, Fault::Bmc(x, BmcMode::Fail));
+    let cut = s.at(35, 45);
+    s.fault(cut, Fault::Isolate(x));
+    s.victims = vec![x];
+}
+
+/// Every other host's reads of the shared storage fail (or hang) for a while; a host crashes
+/// during that outage after a last write the others have not read yet. When their reads come
+/// back, that write is new to them: it must not read as fresh life.
+fn crash_during_read_outage(s: &mut Setup) {
+    s.duration_us = 150 * SEC;
+    let v = s.host();
+    let others: Vec<usize> = (0..s.nodes).filter(|&h| h != v).collect();
+    let at = s.at(20, 25);
+    let crash = at + s.rng.random_range(2 * SEC..=8 * SEC);
+    let back = crash + s.rng.random_range(5 * SEC..=15 * SEC);
+    if s.rng.random_bool(0.5) {
+        // Only the others' reads fail or hang; the victim writes on until it dies.
+        let mode = if s.rng.random_bool(0.5) {
+            ReadMode::Fail
+        } else {
+            ReadMode::Hang
+        };
+        s.fault(
+            at,
+            Fault::Reads {
+                hosts: others.clone(),
+                path: None,
+                mode,
+            },
+        );
+        s.fault(
+            back,
+            Fault::Reads {
+                hosts: others,
+                path: None,
+                mode: ReadMode::Normal,
+            },
+        );
+    } else {
+        // The shared storage hangs for everyone (writes under way land when it answers).
+        let all: Vec<usize> = (0..s.nodes).collect();
+        s.fault(
+            at,
+            Fault::Storage {
+                hosts: all.clone(),
+                path: None,
+                mode: StorageMode::Hang,
+                until_reboot: false,
+            },
+        );
+        s.fault(
+            back,
+            Fault::Storage {
+                hosts: all,
+                path: None,
+                mode: StorageMode::Ok,
+                until_reboot: false,
+            },
+        );
+    }
+    // A power loss (only a fence confirms it), or a kernel panic (its watchdog resets it and it
+    // comes back with a new boot id, which confirms it).
+    if s.rng.random_bool(0.5) {
+        s.fault(crash, Fault::PowerLoss(v));
+    } else {
+        s.fault(crash, Fault::CrashHost(v));
+    }
+    // Reads failing everywhere are a common-mode failure: every reader is unhealthy (it cannot
+    // prove its path shared) and in storm mode. Fenced within the storm's cooldown plus 20 s of
+    // the reads coming back.
+    s.expected_crashes
+        .push((v, crash, Some(back - crash + 80 * SEC)));
+    s.victims = vec![v];
+}
+
 fn expect_invariants_only(_s: &Setup, _r: &RunResult) -> Vec<String> {
     Vec::new()
 }
@@ -943,6 +1104,22 @@ pub const SCENARIOS: &[Scenario] = &[
         default_nodes: 3,
         min_nodes: 3,
         build: restart_after_long_uptime,
+        expect: expect_victims_confirmed,
+    },
+    Scenario {
+        name: "private-mount",
+        about: "one host's shared mount is private (failed at boot, or replaced later; with or without a copy of the marker), then it is cut off with a dead BMC: it is never announced safe to recover while it runs",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: private_mount,
+        expect: expect_invariants_only,
+    },
+    Scenario {
+        name: "crash-during-read-outage",
+        about: "the other hosts' reads fail or hang for a while, one host loses power meanwhile after a last write they have not read: never taken for alive, fenced within the storm cooldown + 20 s of their reads returning",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: crash_during_read_outage,
         expect: expect_victims_confirmed,
     },
     Scenario {

@@ -475,6 +475,7 @@ enum Ev {
         epoch: u64,
         path: usize,
         outcome: WriteOutcome,
+        counter: u64,
     },
     HbLand {
         host: usize,
@@ -910,7 +911,16 @@ impl World {
                 epoch,
                 path,
                 outcome,
-            } => self.feed_instance(host, epoch, Input::StorageWrite { path, outcome }),
+                counter,
+            } => self.feed_instance(
+                host,
+                epoch,
+                Input::StorageWrite {
+                    path,
+                    outcome,
+                    counter,
+                },
+            ),
             Ev::HbLand {
                 host,
                 path,
@@ -1007,11 +1017,15 @@ impl World {
         // A new boot restarts the monotonic clock.
         hs.clock_t0 = now;
         hs.clock_base = base;
-        if hs.storage_until_reboot {
-            hs.storage.iter_mut().for_each(|m| *m = StorageMode::Ok);
-            hs.storage_until_reboot = false;
-        }
+        // A fault "until the next reboot" set before the first boot holds for that boot.
+        let clear = hs.storage_until_reboot && hs.boot_seq > 1;
         let boot = hs.boot;
+        if clear {
+            self.hosts[h].storage_until_reboot = false;
+            for p in 0..self.storage.hb.len() {
+                self.set_storage_mode(h, p, StorageMode::Ok);
+            }
+        }
         self.trace(Some(h), || format!("boots as {boot:?}"));
         self.refresh_storage_truth();
         if self.hosts[h].daemon_wanted {
@@ -1313,7 +1327,7 @@ impl World {
         let epoch = self.hosts[h].epoch;
         let mut after_vote = 0u8;
         while self.hosts[h].persist_inflight.is_none()
-            && !self.hosts[h].blocked_until.is_some_and(|u| u > self.now)
+            && self.hosts[h].blocked_until.is_none_or(|u| u <= self.now)
         {
             let Some(o) = self.hosts[h].pending.pop_front() else {
                 break;
@@ -1796,8 +1810,14 @@ impl World {
                 epoch,
                 path,
                 outcome,
+                counter: record.counter,
             };
             match self.hosts[h].storage[path] {
+                // The shell checks the cluster marker before every write: a directory without
+                // it is not the shared storage.
+                StorageMode::Private { marker: false } => {
+                    self.after(MS, report(WriteOutcome::Failed));
+                }
                 mode @ (StorageMode::Ok
                 | StorageMode::Slow { .. }
                 | StorageMode::Private { .. }) => {

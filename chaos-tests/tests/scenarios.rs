@@ -171,6 +171,20 @@ fn restart_after_long_uptime() {
     assert!(s.fences_total >= s.runs as usize);
 }
 
+/// Issue 10 §4: a shared path proves it is shared. A host whose mount is private is never
+/// announced safe to recover while it runs.
+#[test]
+fn private_mount() {
+    run_seam("private-mount");
+}
+
+/// Issue 10 §8: a change seen after a gap in the readers' reads is not fresh life.
+#[test]
+fn crash_during_read_outage() {
+    let s = run_seam("crash-during-read-outage");
+    assert!(s.safe_to_recover_total >= s.runs);
+}
+
 #[test]
 fn random() {
     run("random");

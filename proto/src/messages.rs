@@ -300,6 +300,9 @@ pub enum Verdict {
     Healthy,
     /// Not healthy; see the details.
     Unhealthy,
+    /// Just started: its own storage has not been measured yet. Not Healthy (it may not vote),
+    /// but not evidence of trouble either (peers do not count it toward a storm).
+    Initializing,
 }
 
 /// Storage heartbeat write health on one path.
@@ -313,6 +316,10 @@ pub enum StorageHealth {
     Failed,
     /// No write has completed yet since start.
     Unknown,
+    /// Writes complete, but the path has not proved it is shared: this host does not read back
+    /// what it wrote, or sees no peer's heartbeat move on it (a mount that failed at boot, a
+    /// directory replaced underneath, a stale client cache). Not healthy.
+    Unverified,
 }
 
 /// Management agent liveness.

@@ -322,6 +322,9 @@ impl Cluster {
             std::fs::create_dir_all(self.dir.join(sub))
                 .map_err(|e| setup(format!("cannot create {}/{sub}: {e}", self.dir.display())))?;
         }
+        // What `peerfence storage init` does once on a real cluster's shared storage.
+        super::storage::init_marker(&self.shared(), "demo")
+            .map_err(|e| setup(format!("cluster marker: {e}")))?;
         let certs = self.certs_dir();
         certs::init_ca(&certs, "demo").map_err(|e| setup(format!("cluster CA: {e}")))?;
         for i in 0..HOSTS {

@@ -480,7 +480,7 @@ impl Shell {
     /// Times the storage heartbeat writes, for `/metrics` (the other checks time themselves).
     fn observe(&self, input: &Input) {
         use crate::health::WriteOutcome;
-        let Input::StorageWrite { path, outcome } = input else {
+        let Input::StorageWrite { path, outcome, .. } = input else {
             return;
         };
         let (result, secs) = match outcome {

@@ -26,6 +26,60 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::Sender;
 
+/// The cluster marker on every shared path. peerfence writes its heartbeat on a path only while
+/// the marker is there and names its cluster: a mount that failed at boot (the heartbeat would
+/// go to the empty local mountpoint) or a directory replaced underneath has none. It is made once
+/// by `peerfence storage init`, never silently.
+pub const MARKER: &str = ".peerfence-cluster";
+
+/// The marker's content for `cluster`.
+fn marker_text(cluster: &str) -> String {
+    format!("peerfence cluster marker v1\ncluster = {cluster}\n")
+}
+
+/// Whether `dir` holds this cluster's marker. The error says what is wrong and how to fix it.
+pub fn check_marker(dir: &Path, cluster: &str) -> Result<(), String> {
+    let file = dir.join(MARKER);
+    match read_slot(&file) {
+        Ok(Some(bytes)) if bytes == marker_text(cluster).as_bytes() => Ok(()),
+        Ok(Some(_)) => Err(format!(
+            "{} belongs to another cluster (or is damaged); this path is not {cluster}'s shared storage",
+            file.display()
+        )),
+        Ok(None) => Err(format!(
+            "{} is missing: {} is not (or no longer) the shared storage of cluster {cluster} (a mount that failed?); if it is, run `peerfence storage init --config FILE` once",
+            file.display(),
+            dir.display()
+        )),
+        Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+    }
+}
+
+/// `peerfence storage init`: writes the cluster marker on a path that exists and holds none,
+/// or confirms one that names this cluster. Refuses another cluster's marker.
+pub fn init_marker(dir: &Path, cluster: &str) -> Result<String, String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "{} is not a directory: mount the shared storage first",
+            dir.display()
+        ));
+    }
+    let file = dir.join(MARKER);
+    match check_marker(dir, cluster) {
+        Ok(()) => {
+            return Ok(format!(
+                "{}: marker for {cluster} already there",
+                dir.display()
+            ));
+        }
+        Err(_) if file.exists() => return Err(check_marker(dir, cluster).unwrap_err()),
+        Err(_) => {}
+    }
+    write_record(&file, marker_text(cluster).as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok(format!("{}: marker for {cluster} written", dir.display()))
+}
+
 /// Abandoned (hung) workers allowed per supervisor.
 pub const MAX_ABANDONED: usize = 4;
 
@@ -336,8 +390,14 @@ fn writer(
         let bytes = peerfence_proto::encode_storage(&record).unwrap_or_default();
         let target = file.clone();
         let started = Instant::now();
-        let outcome = match with_timeout(&abandoned, timeout, move || write_record(&target, &bytes))
-        {
+        let (marker_dir, cluster) = (dir.clone(), cfg.cluster.as_str().to_owned());
+        // The marker first: without it this is not the shared storage, and a write that
+        // "succeeds" there would be seen by nobody.
+        let job = move || match check_marker(&marker_dir, &cluster) {
+            Ok(()) => write_record(&target, &bytes),
+            Err(e) => Err(std::io::Error::new(std::io::ErrorKind::NotFound, e)),
+        };
+        let outcome = match with_timeout(&abandoned, timeout, job) {
             Ok(Ok(())) => WriteOutcome::Ok {
                 latency: started.elapsed(),
             },
@@ -360,7 +420,11 @@ fn writer(
         }
         failing = !ok;
         if tx
-            .blocking_send(Msg::Input(Input::StorageWrite { path, outcome }))
+            .blocking_send(Msg::Input(Input::StorageWrite {
+                path,
+                outcome,
+                counter,
+            }))
             .is_err()
         {
             return false;
@@ -438,10 +502,8 @@ fn read_cycle(cfg: &Config, dir: &Path, me: MemberId) -> std::io::Result<ReadCyc
         pill: None,
         ignored: 0,
     };
+    // Our own slot too: the node checks that it reads back what it wrote.
     for m in cfg.roster.ids() {
-        if m == me {
-            continue;
-        }
         match read_slot(&slot(dir, cfg.roster.name(m), "hb")) {
             Ok(None) => out.records.push((m, None, false)),
             Ok(Some(bytes)) => match decode_slot(cfg, &bytes) {
@@ -522,8 +584,10 @@ mod tests {
         .unwrap();
         std::fs::write(slot(&dir, "h2", "hb"), b"not a heartbeat").unwrap();
         let cycle = read_cycle(&cfg, &dir, MemberId(0)).unwrap();
-        assert_eq!(cycle.records.len(), 1);
-        assert_eq!(cycle.records[0].0, MemberId(1));
+        // Its own (empty) slot, h1's record; h2's garbage is ignored.
+        assert_eq!(cycle.records.len(), 2);
+        assert_eq!(cycle.records[0], (MemberId(0), None, false));
+        assert_eq!(cycle.records[1].0, MemberId(1));
         assert_eq!(cycle.ignored, 1);
         // A FIFO in a slot does not hang the reader.
         std::fs::remove_file(slot(&dir, "h2", "hb")).unwrap();
@@ -533,7 +597,31 @@ mod tests {
             .unwrap();
         assert!(status.success());
         let cycle = read_cycle(&cfg, &dir, MemberId(0)).unwrap();
-        assert_eq!(cycle.records.len(), 1);
+        assert_eq!(cycle.records.len(), 2);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Issue 10 §4: the heartbeat goes only to a path that holds this cluster's marker, made once
+    /// by `peerfence storage init`, never silently.
+    #[test]
+    fn the_cluster_marker_is_required_and_made_explicitly() {
+        let dir = std::env::temp_dir().join(format!("pf-marker-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let err = init_marker(&dir, "prod").unwrap_err();
+        assert!(err.contains("mount the shared storage first"), "{err}");
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = check_marker(&dir, "prod").unwrap_err();
+        assert!(
+            err.contains("missing") && err.contains("peerfence storage init"),
+            "{err}"
+        );
+        assert!(init_marker(&dir, "prod").unwrap().contains("written"));
+        assert!(init_marker(&dir, "prod").unwrap().contains("already there"));
+        check_marker(&dir, "prod").unwrap();
+        let err = check_marker(&dir, "other").unwrap_err();
+        assert!(err.contains("another cluster"), "{err}");
+        let err = init_marker(&dir, "other").unwrap_err();
+        assert!(err.contains("another cluster"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

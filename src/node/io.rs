@@ -89,6 +89,8 @@ pub enum Input {
         path: usize,
         /// What happened.
         outcome: WriteOutcome,
+        /// The counter of the record written (the read-back check looks for it).
+        counter: u64,
     },
     /// One successful read of `member`'s heartbeat slot on `path` (`None`: empty slot).
     HeartbeatRead {

@@ -43,6 +43,8 @@ pub(super) struct SelfFenceState {
     forged_pill_reported: bool,
     /// A local request waived the grace period for this incident.
     grace_waived: bool,
+    /// When the current self-fence round was proposed.
+    proposed_at: Instant,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -128,7 +130,9 @@ impl Node {
                     self.self_fence.requested = true;
                     self.emit(Event::SelfFenceRequested { action });
                 }
-                if !self.propose(self.me, self.boot, FenceKind::SelfFence(action)) {
+                if self.propose(self.me, self.boot, FenceKind::SelfFence(action)) {
+                    self.self_fence.proposed_at = self.now;
+                } else {
                     self.self_fence.next_try = self.now + cfg.self_fence.retry_interval;
                 }
             }
@@ -183,7 +187,13 @@ impl Node {
         };
         // The round took up to a proposal timeout: look again before acting. Storage back, a
         // disarm, or maintenance since the request all cancel it.
-        let still_failed = self.local.all_failed_since(&self.cfg, self.now).is_some();
+        // Failed without a break since the round was proposed: one successful write since then
+        // (even one not yet read back) is storage coming back.
+        let proposed_at = self.self_fence.proposed_at;
+        let still_failed = self
+            .local
+            .all_failed_since(&self.cfg, self.now)
+            .is_some_and(|since| since < proposed_at);
         let allowed = self.durable.armed.armed
             && self.cfg.mode == Mode::Enforce
             && !self.durable.in_maintenance(self.me);
@@ -309,7 +319,7 @@ impl Node {
         }
         let storage_ok = self
             .local
-            .wrote_within(self.now, cfg.storage_failed_detect());
+            .wrote_within(&cfg, self.now, cfg.storage_failed_detect());
         let vouching = self
             .contact
             .vouched

@@ -341,8 +341,12 @@ impl Node {
                 self.on_datagram(from, &bytes);
                 self.note_generation();
             }
-            Input::StorageWrite { path, outcome } => {
-                if !self.local.record_write(self.now, path, outcome) {
+            Input::StorageWrite {
+                path,
+                outcome,
+                counter,
+            } => {
+                if !self.local.record_write(self.now, path, outcome, counter) {
                     self.stats.drop("unknown_path");
                 }
             }
@@ -779,17 +783,25 @@ impl Node {
             self.stats.drop("bad_heartbeat_read");
             return;
         }
-        if member == self.me {
-            return;
-        }
         if record.is_some_and(|r| r.member != member) {
             // A record in the wrong slot (copied file, misconfigured path) proves nothing.
             self.stats.drop("heartbeat_in_wrong_slot");
             return;
         }
-        self.peers[member.index()]
+        if member == self.me {
+            // Our own record, read back through the read path: only this run's records count.
+            let mine = record
+                .filter(|r| r.boot == self.boot && r.generation == self.generation())
+                .map(|r| r.counter);
+            self.local.record_readback(&self.cfg, self.now, path, mine);
+            return;
+        }
+        let seen = self.peers[member.index()]
             .hb
-            .observe(self.now, path, record);
+            .observe(&self.cfg, self.now, path, record, stopped);
+        if seen == crate::heartbeat::Observed::Advanced {
+            self.local.record_peer_seen(self.now, path);
+        }
         if let Some(r) = record {
             self.boot_seen(member, r.boot, r.generation);
             if stopped {
@@ -981,6 +993,15 @@ impl Node {
 
     fn refresh_health(&mut self) {
         let cfg = self.cfg.clone();
+        for path in 0..cfg.storage.paths.len() {
+            let stopped = cfg
+                .roster
+                .ids()
+                .filter(|&m| m != self.me)
+                .all(|m| self.peers[m.index()].hb.stopped_on(path));
+            self.local.set_others_stopped(path, stopped);
+        }
+        self.local.refresh_verification(&cfg, self.now);
         let verdict = self.local.verdict(&cfg, self.now);
         if verdict != self.verdict {
             self.verdict = verdict;

@@ -203,6 +203,19 @@ listen = "127.0.0.1:{http}"
             );
             std::fs::write(&m.config, text).unwrap();
         }
+        // The cluster marker on the shared path, as an operator makes it once.
+        if let Some(m) = members.first() {
+            let out = Command::new(bin())
+                .args(["storage", "init", "--config"])
+                .arg(&m.config)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "storage init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         Self { dir, members }
     }
 
