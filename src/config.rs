@@ -245,6 +245,19 @@ pub struct RawWatchdog {
     pub contact_interval: Option<String>,
 }
 
+/// `[testing]`: settings that make sense only on a test rig (the simulator, the demo, a laptop).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTesting {
+    /// Allows, in enforce mode, the host-local settings a production host must never run with:
+    /// `node.boot_id = "per-start"` (a daemon restart would look like a reboot and announce
+    /// running VMs safe to recover), a plain file as `watchdog.device` (nothing would reset the
+    /// host), and `local_actions.executor = "record"` (nothing would be done). It is part of the
+    /// configuration digest, so every member of a cluster agrees whether it is a test rig.
+    /// Default false.
+    pub allow_test_settings: Option<bool>,
+}
+
 /// The whole configuration as written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -266,6 +279,9 @@ pub struct RawConfig {
     /// `[watchdog]`.
     #[serde(default)]
     pub watchdog: RawWatchdog,
+    /// `[testing]`.
+    #[serde(default)]
+    pub testing: RawTesting,
 }
 
 /// Enforce or observe.
@@ -504,6 +520,8 @@ pub struct Config {
     pub self_fence: SelfFenceConfig,
     /// Watchdog.
     pub watchdog: WatchdogConfig,
+    /// `testing.allow_test_settings`: this cluster is a test rig (see [`RawTesting`]).
+    pub test_rig: bool,
     digest: ConfigDigest,
 }
 
@@ -1134,6 +1152,7 @@ impl RawConfig {
                 contact_timeout,
                 contact_interval,
             },
+            test_rig: self.testing.allow_test_settings.unwrap_or(false),
             digest: ConfigDigest(0),
         };
         if config.promise_ttl() >= config.fencing.budget_window {
@@ -1211,6 +1230,9 @@ fn compute_digest(c: &Config) -> ConfigDigest {
     put("promise_ttl", &ms(c.promise_ttl()));
     put("clock_drift_ppm", &c.fencing.clock_drift_ppm.to_le_bytes());
     put("confirm_margin", &ms(c.fencing.confirm_margin));
+    // A test rig may run settings that void the watchdog and boot-id arguments: every member
+    // must know whether its peers do.
+    put("test_rig", &[u8::from(c.test_rig)]);
     let out = h.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&out[..8]);
@@ -1241,6 +1263,7 @@ pub fn raw_for_members(cluster: &str, members: &[(String, PublicKey)]) -> RawCon
         fencing: RawFencing::default(),
         self_fence: RawSelfFence::default(),
         watchdog: RawWatchdog::default(),
+        testing: RawTesting::default(),
     }
 }
 

@@ -980,6 +980,30 @@ fn crash_during_read_outage(s: &mut Setup) {
     s.victims = vec![v];
 }
 
+/// Every host's state-file fsync is slow (0.3 to 1.2 s a persist, a busy disk) and a host loses
+/// power. Membership traffic must keep flowing while a persist is in flight, or SWIM sees live
+/// hosts as Suspect, rounds are abandoned and storms raised, and the crash is never fenced.
+/// (A round needs two persists in a row, the proposer's and each voter's, within
+/// `fencing.proposal_timeout`: slower disks need a longer one; docs/SAFETY.md.)
+fn slow_disk(s: &mut Setup) {
+    s.duration_us = 120 * SEC;
+    let lo = s.rng.random_range(300 * MS..=900 * MS);
+    s.params.persist_latency_us = (lo, lo + 300 * MS);
+    let v = s.host();
+    let at = s.at(30, 40);
+    s.fault(at, Fault::PowerLoss(v));
+    s.expected_crashes.push((v, at, Some(30 * SEC)));
+    s.victims = vec![v];
+}
+
+fn expect_slow_disk(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = expect_victims_confirmed(s, r);
+    if r.storm_reported {
+        out.push("a storm was raised (live hosts looked Down or late)".into());
+    }
+    out
+}
+
 fn expect_invariants_only(_s: &Setup, _r: &RunResult) -> Vec<String> {
     Vec::new()
 }
@@ -1121,6 +1145,14 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: crash_during_read_outage,
         expect: expect_victims_confirmed,
+    },
+    Scenario {
+        name: "slow-disk",
+        about: "every host's state file syncs slowly (0.3-1.2 s a persist) and a host loses power: membership keeps flowing while persists are written, no storm, the host is fenced within 30 s",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: slow_disk,
+        expect: expect_slow_disk,
     },
     Scenario {
         name: "random",

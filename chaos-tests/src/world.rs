@@ -297,7 +297,7 @@ impl Default for SimParams {
             daemon_clock: DaemonClock::Boot,
             initial_uptime_us: (10 * SEC, 100 * SEC),
             persist_latency_us: (0, 0),
-            persist_mode: PersistMode::Blocking,
+            persist_mode: PersistMode::Pipelined,
         }
     }
 }
@@ -1361,8 +1361,16 @@ impl World {
             }
             let hs = &mut self.hosts[h];
             if hs.persist_inflight.is_some() || !hs.pending.is_empty() {
-                hs.pending.push_back(o);
-                continue;
+                // A SWIM packet may overtake the persist in flight when the generation it
+                // carries is durable already (the driver contract, node/io.rs).
+                let generation = hs.node.as_ref().map_or(0, |n| n.generation());
+                let bypass = matches!(o, Output::Send { membership: true, .. })
+                    && self.params.persist_mode == PersistMode::Pipelined
+                    && hs.durable_generation >= generation;
+                if !bypass {
+                    hs.pending.push_back(o);
+                    continue;
+                }
             }
             self.output_one(h, o, &mut after_vote);
         }
@@ -1444,6 +1452,7 @@ impl World {
                 to,
                 bytes,
                 reliable,
+                ..
             } => {
                 let to = to.index();
                 for d in self.net.delays(h, to, reliable, &mut self.rng) {

@@ -224,6 +224,9 @@ pub struct RawDaemonConfig {
     /// `[hooks]`: exec hooks and webhooks on events (`hooks.rs`).
     #[serde(default)]
     pub hooks: super::hooks::RawHooks,
+    /// `[testing]` (core).
+    #[serde(default)]
+    pub testing: crate::config::RawTesting,
 }
 
 /// A secret parameter value: its `Debug` never shows it.
@@ -467,6 +470,7 @@ impl RawDaemonConfig {
             fencing: self.fencing.clone(),
             self_fence: self.self_fence.clone(),
             watchdog: self.watchdog.clone(),
+            testing: self.testing.clone(),
         }
     }
 

@@ -581,6 +581,7 @@ impl Shell {
                     to,
                     bytes,
                     reliable,
+                    ..
                 } => self.transport.send(to, bytes, reliable),
                 Output::Fence(cmd) => {
                     let host = node.config().roster.name(cmd.target).to_owned();

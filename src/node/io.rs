@@ -3,7 +3,11 @@
 //! The driver's loop is: feed an [`Input`] with `handle(now, input)`, drain every [`Output`] with
 //! `poll_output()` in order, and call `handle(now, Input::Tick)` when `poll_timeout()` is due.
 //! Outputs are ordered: a [`Output::Persist`] precedes every output that depends on it, and the
-//! driver must make it durable before acting on anything after it.
+//! driver must make it durable before acting on anything after it. One exception keeps SWIM
+//! alive while a slow disk syncs: a `Send` marked `membership` (a SWIM packet) may go out while
+//! earlier persists are still being written, provided the last *completed* persist holds the
+//! node's current generation ([`super::Node::generation`]). Everything else waits, in order; the
+//! node may meanwhile be fed more inputs.
 
 use crate::durable::DurableState;
 use crate::health::WriteOutcome;
@@ -558,6 +562,9 @@ pub enum Output {
         bytes: Bytes,
         /// Deliver reliably.
         reliable: bool,
+        /// A SWIM packet: it depends on no persist but the one holding the current generation,
+        /// and may overtake a persist in flight (see the module docs).
+        membership: bool,
     },
     /// Run a fence agent.
     Fence(FenceCommand),

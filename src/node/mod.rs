@@ -562,6 +562,7 @@ impl Node {
 
     fn send(&mut self, to: MemberId, message: Message, reliable: bool) {
         let kind = message.kind();
+        let membership = matches!(message, Message::Swim(_));
         match self.envelope(message) {
             Some(bytes) => {
                 *self.stats.sent.entry(kind).or_default() += 1;
@@ -569,6 +570,7 @@ impl Node {
                     to,
                     bytes,
                     reliable,
+                    membership,
                 });
             }
             None => self.stats.drop("encode_failed"),
@@ -588,6 +590,7 @@ impl Node {
                     to: m,
                     bytes: bytes.clone(),
                     reliable,
+                    membership: false,
                 });
             }
         }
