@@ -92,6 +92,21 @@ pub struct LeftMember {
     pub since: Instant,
 }
 
+/// A fence (or VM-stopping self-fence) this node knows started under a certificate in the current
+/// budget window: what it tells a member that starts or comes back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewsRecord {
+    /// The certificate.
+    pub qc: QuorumCertificate,
+    /// How the attempt ended, once known.
+    pub outcome: Option<OutcomeResult>,
+    /// When this node learnt it (its clock).
+    pub at: Instant,
+}
+
+/// Fence news kept at most (two full budgets).
+pub const NEWS_MAX: usize = 64;
+
 /// The last boot of a member known fenced (confirmed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FencedBoot {
@@ -134,6 +149,21 @@ pub struct DurableState {
     pub roster: Vec<String>,
     /// Members whose daemons stopped cleanly, at most one per member.
     pub left: Vec<LeftMember>,
+    /// Recent fences (certificates and outcomes), newest last, at most [`NEWS_MAX`], none older
+    /// than the budget window.
+    pub news: VecDeque<NewsRecord>,
+    /// Made by [`DurableState::recovered`] for a member whose state was lost: the node it starts
+    /// turns this into `votes_from` and clears it.
+    pub recovering: bool,
+    /// A member that lost its state must also hear the fence news of enough peers (their
+    /// certificates and budget reservations) before it votes again, unless a whole budget
+    /// window passes first (`votes_from_anyway`).
+    pub votes_need_news: bool,
+    /// See `votes_need_news`.
+    pub votes_from_anyway: Option<Instant>,
+    /// A member that lost its state votes (and vouches) again only from this instant: by then
+    /// every promise and budget reservation it may have made has lapsed.
+    pub votes_from: Option<Instant>,
     /// The writer's clock when this state was last handed out for persisting. A later start in
     /// the same boot whose clock reads less has a clock that did not keep running (a clock that
     /// starts with the process): its stored instants are then re-armed like after a reboot.
@@ -187,8 +217,25 @@ impl DurableState {
             round_counter: 0,
             roster: Vec::new(),
             left: Vec::new(),
+            news: VecDeque::new(),
+            recovering: false,
+            votes_need_news: false,
+            votes_from_anyway: None,
+            votes_from: None,
             clock_at: Instant::ZERO,
             open_rounds: Vec::new(),
+        }
+    }
+
+    /// The state for a member whose durable state was lost (a replaced disk, a wiped data
+    /// directory) while its peers may remember it: a generation above any it ran before
+    /// (`min_generation`, from its own heartbeat slot on shared storage), and a period without
+    /// votes, since the promises and budget reservations it held are gone.
+    pub fn recovered(min_generation: u32) -> Self {
+        Self {
+            generation: min_generation,
+            recovering: true,
+            ..Self::new()
         }
     }
 
@@ -238,6 +285,18 @@ impl DurableState {
         }
         for l in &mut self.left {
             l.since = now;
+        }
+        let clock_at = self.clock_at;
+        for v in [&mut self.votes_from, &mut self.votes_from_anyway]
+            .into_iter()
+            .flatten()
+        {
+            // Re-armed: what was left of the wait, from now.
+            let left = v.saturating_since(clock_at);
+            *v = now + left;
+        }
+        for n in &mut self.news {
+            n.at = now;
         }
         for r in &mut self.fence_log {
             let len = r.deadline.saturating_since(r.started_at);
@@ -322,6 +381,9 @@ impl DurableState {
                 Some(r)
             })
             .collect();
+        // Certificates name members by roster index and were signed under the old roster's
+        // digest: they no longer verify. Forget them.
+        self.news.clear();
         self.left = std::mem::take(&mut self.left)
             .into_iter()
             .filter_map(|mut l| {
@@ -428,11 +490,40 @@ impl DurableState {
     /// Drops lapsed promises and slot reservations older than `budget_window`. Returns whether
     /// anything changed.
     pub fn expire(&mut self, now: Instant, budget_window: std::time::Duration) -> bool {
-        let before = (self.promises.len(), self.slots.len());
+        let before = (self.promises.len(), self.slots.len(), self.news.len());
         self.promises.retain(|p| p.expires_at > now);
         self.slots
             .retain(|s| now.saturating_since(s.reserved_at) < budget_window);
-        before != (self.promises.len(), self.slots.len())
+        self.news
+            .retain(|n| now.saturating_since(n.at) < budget_window);
+        before != (self.promises.len(), self.slots.len(), self.news.len())
+    }
+
+    /// Remembers that a fence started under `qc` (once per proposal). Returns whether it is new.
+    pub fn record_news(&mut self, qc: &QuorumCertificate, now: Instant) -> bool {
+        if self.news.iter().any(|n| n.qc.proposal == qc.proposal) {
+            return false;
+        }
+        self.news.push_back(NewsRecord {
+            qc: qc.clone(),
+            outcome: None,
+            at: now,
+        });
+        while self.news.len() > NEWS_MAX {
+            self.news.pop_front();
+        }
+        true
+    }
+
+    /// Notes how the fence under `proposal` ended. Returns whether anything changed.
+    pub fn news_outcome(&mut self, proposal: &Proposal, result: OutcomeResult) -> bool {
+        match self.news.iter_mut().find(|n| &n.qc.proposal == proposal) {
+            Some(n) if n.outcome.is_none() => {
+                n.outcome = Some(result);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The boot of `member` last confirmed fenced.

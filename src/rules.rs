@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub struct EligibilityFacts {
     /// Still inside the startup quiet period.
     pub initializing: bool,
+    /// Lost durable state: no vote until every promise it may have made has lapsed.
+    pub recovering: bool,
     /// This node's verdict (E1).
     pub verdict: Verdict,
     /// Members this node sees Alive or Suspect, itself included (E2).
@@ -32,6 +34,9 @@ pub struct EligibilityFacts {
 pub enum Ineligible {
     /// Startup quiet period.
     Initializing,
+    /// Its durable state was lost: it waits out every promise and budget reservation it may
+    /// have made before it votes again.
+    Recovering,
     /// E1: not Healthy.
     Unhealthy,
     /// E2: fewer than a quorum visible.
@@ -49,6 +54,7 @@ impl Ineligible {
     pub fn refuse_reason(self) -> RefuseReason {
         match self {
             Ineligible::Initializing => RefuseReason::Initializing,
+            Ineligible::Recovering => RefuseReason::Recovering,
             Ineligible::Unhealthy => RefuseReason::VoterUnhealthy,
             Ineligible::NoQuorum => RefuseReason::NoQuorumVisible,
             Ineligible::Disarmed => RefuseReason::Disarmed,
@@ -62,6 +68,9 @@ impl Ineligible {
 pub fn eligibility(f: &EligibilityFacts) -> Result<(), Ineligible> {
     if f.initializing {
         return Err(Ineligible::Initializing);
+    }
+    if f.recovering {
+        return Err(Ineligible::Recovering);
     }
     if f.verdict != Verdict::Healthy {
         return Err(Ineligible::Unhealthy);
@@ -280,6 +289,7 @@ mod tests {
     fn facts() -> EligibilityFacts {
         EligibilityFacts {
             initializing: false,
+            recovering: false,
             verdict: Verdict::Healthy,
             visible: 3,
             quorum: 3,

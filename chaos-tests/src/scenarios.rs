@@ -500,6 +500,7 @@ fn restart_during_fence(s: &mut Setup) {
             on,
             host: None,
             restart_after_us,
+            wipe: false,
             fired: false,
         });
     }
@@ -876,6 +877,7 @@ fn restart_after_long_uptime(s: &mut Setup) {
         on,
         host: None,
         restart_after_us,
+        wipe: false,
         fired: false,
     });
 }
@@ -1000,6 +1002,108 @@ fn expect_slow_disk(s: &Setup, r: &RunResult) -> Vec<String> {
     let mut out = expect_victims_confirmed(s, r);
     if r.storm_reported {
         out.push("a storm was raised (live hosts looked Down or late)".into());
+    }
+    out
+}
+
+/// A host crashes, and a member that voted (or proposed, or started the fence) loses its disk
+/// at that moment and comes back without its state file. It must neither reuse a generation
+/// nor vote twice: its old promises are gone.
+fn wiped_disk(s: &mut Setup) {
+    s.duration_us = 200 * SEC;
+    let v = s.host();
+    let at = s.at(20, 30);
+    s.fault(at, Fault::PowerLoss(v));
+    // A restarting member is Suspect, then late, for a few seconds: with the crashed host that
+    // is a storm (threshold 1 of 5) and its cooldown, once or twice.
+    s.expected_crashes.push((v, at, Some(160 * SEC)));
+    s.victims = vec![v];
+    let kinds = [
+        TriggerOn::VoterPersisted,
+        TriggerOn::PersistAfterVote,
+        TriggerOn::FenceStarted,
+        TriggerOn::FenceCommand,
+    ];
+    let on = kinds[s.rng.random_range(0..kinds.len())];
+    let restart_after_us = s.rng.random_range(SEC..=5 * SEC);
+    s.triggers.push(Trigger {
+        on,
+        host: None,
+        restart_after_us,
+        wipe: true,
+        fired: false,
+    });
+    // Sometimes a second member loses its disk later, at random.
+    if s.rng.random_bool(0.3) {
+        let h = s.host();
+        let when = s.at(40, 60);
+        s.fault(when, Fault::WipeDisk(h, 2 * SEC));
+    }
+}
+
+/// One host is down (powered off and fenced); then a peer's daemon is restarted cleanly
+/// (`systemctl restart`, an upgrade). Stopping, it is Left; starting, it has not measured its
+/// storage yet: neither is trouble, and no storm may be raised (with five hosts, one down plus
+/// one more in trouble is a storm).
+fn restart_with_one_down(s: &mut Setup) {
+    s.duration_us = 100 * SEC;
+    let order = s.distinct(2);
+    let (down, p) = (order[0], order[1]);
+    let off = s.at(15, 18);
+    s.fault(off, Fault::PowerLoss(down));
+    let at = s.at(40, 50);
+    s.fault(at, Fault::StopDaemon(p));
+    let back = at + s.rng.random_range(200 * MS..=1_500 * MS);
+    s.fault(back, Fault::RestartDaemon(p));
+    s.victims = vec![down, p];
+}
+
+fn expect_no_storm_after_restart(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    only_fenced(r, &s.victims[..1], &mut out);
+    if r.storm_reported {
+        out.push(format!(
+            "a storm was raised when h{}'s daemon restarted cleanly",
+            s.victims[1]
+        ));
+    }
+    out
+}
+
+/// A host loses power and a voter of its fence dies right after persisting its vote, to come
+/// back seconds later, after the fence: it must learn the certificate and the outcome from its
+/// peers, and end with the same view of the host (Fenced) and of the budget as theirs.
+fn voter_restarted_during_fence(s: &mut Setup) {
+    s.duration_us = 90 * SEC;
+    let v = s.host();
+    let at = s.at(20, 30);
+    s.fault(at, Fault::PowerLoss(v));
+    s.expected_crashes.push((v, at, Some(60 * SEC)));
+    s.victims = vec![v];
+    let restart_after_us = s.rng.random_range(5 * SEC..=10 * SEC);
+    s.triggers.push(Trigger {
+        on: TriggerOn::VoterPersisted,
+        host: None,
+        restart_after_us,
+        wipe: false,
+        fired: false,
+    });
+}
+
+fn expect_views_converge(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = expect_victims_confirmed(s, r);
+    let v = s.victims[0];
+    let budgets: std::collections::BTreeSet<usize> =
+        r.final_views.values().map(|(_, b)| *b).collect();
+    if budgets.len() > 1 {
+        out.push(format!(
+            "the members count different budgets at the end: {budgets:?}"
+        ));
+    }
+    for (h, (ha, _)) in &r.final_views {
+        if ha[v] != Some(HaState::Fenced) {
+            out.push(format!("h{h} ends seeing h{v} {:?}, not Fenced", ha[v]));
+        }
     }
     out
 }
@@ -1153,6 +1257,30 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: slow_disk,
         expect: expect_slow_disk,
+    },
+    Scenario {
+        name: "wiped-disk",
+        about: "a host loses power and a member that voted for (or runs) its fence loses its disk meanwhile: it comes back with a higher generation, votes for nothing until its old promises lapsed and its peers' news arrived; the host is fenced once, within 160 s",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: wiped_disk,
+        expect: expect_victims_confirmed,
+    },
+    Scenario {
+        name: "restart-with-one-down",
+        about: "one host is down and fenced, then a peer's daemon restarts cleanly: Left while stopped, Initializing while it starts, never Unhealthy: no storm",
+        default_nodes: 5,
+        min_nodes: 5,
+        build: restart_with_one_down,
+        expect: expect_no_storm_after_restart,
+    },
+    Scenario {
+        name: "voter-restarted-during-fence",
+        about: "a host loses power and a voter of its fence dies after persisting its vote, back 5-10 s later: it learns the certificate and outcome from its peers; every member ends seeing the host Fenced and counting the same budget",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: voter_restarted_during_fence,
+        expect: expect_views_converge,
     },
     Scenario {
         name: "random",

@@ -55,6 +55,9 @@ macro_rules! check {
 pub const MS: u64 = 1_000;
 /// One second in simulated microseconds.
 pub const SEC: u64 = 1_000_000;
+/// Generations a recovered daemon skips above the one its heartbeat slot shows (one may have run
+/// too briefly to be written there).
+pub const RECOVER_MARGIN: u32 = 16;
 /// One day in simulated microseconds.
 pub const DAY: u64 = 86_400 * SEC;
 
@@ -246,6 +249,8 @@ pub struct Trigger {
     pub host: Option<usize>,
     /// Restart delay, µs.
     pub restart_after_us: u64,
+    /// The crash also loses the daemon's durable state (a replaced disk).
+    pub wipe: bool,
     /// Already fired.
     pub fired: bool,
 }
@@ -617,6 +622,9 @@ pub struct RunResult {
     pub trace: Option<Vec<String>>,
     /// Events processed.
     pub events: u64,
+    /// At the end of the run, per running daemon: its HA state of every member (by index; its
+    /// own entry is `None`) and the budget slots it counts as used.
+    pub final_views: BTreeMap<usize, (Vec<Option<HaState>>, usize)>,
 }
 
 impl RunResult {
@@ -866,6 +874,17 @@ impl World {
     }
 
     fn finish(mut self) -> RunResult {
+        for h in 0..self.hosts.len() {
+            let Some(node) = self.hosts[h].node.as_ref() else {
+                continue;
+            };
+            let st = node.status();
+            let mut ha = vec![None; self.hosts.len()];
+            for p in &st.peers {
+                ha[p.member.index()] = Some(p.ha);
+            }
+            self.result.final_views.insert(h, (ha, st.budget_used));
+        }
         let result = std::mem::take(&mut self.result);
         let found = check!(self.finish(&result));
         self.result = result;
@@ -1054,6 +1073,31 @@ impl World {
         hs.held.clear();
         hs.pending.clear();
         hs.persist_inflight = None;
+        if hs.disk.is_none() && hs.max_generation > 0 {
+            // The state file is gone but this host ran before: the operator's `peerfence init`
+            // recovers, taking a generation above the one in the host's own heartbeat slot.
+            let slot = self
+                .storage
+                .hb
+                .iter()
+                .filter_map(|p| p[h].map(|(r, _)| r.generation))
+                .max();
+            let hs = &mut self.hosts[h];
+            match slot {
+                Some(g) => {
+                    hs.disk = Some(DurableState::recovered(g.saturating_add(RECOVER_MARGIN)))
+                }
+                None => {
+                    // Nothing to recover from (storage down): init refuses; systemd retries.
+                    self.trace(Some(h), || {
+                        "init refuses: no slot to recover the generation from".into()
+                    });
+                    self.after(10 * SEC, Ev::Restart(h));
+                    return;
+                }
+            }
+        }
+        let hs = &mut self.hosts[h];
         hs.durable_generation = hs.disk.as_ref().map_or(0, |d| d.generation);
         let node = Node::new(
             self.cfg.clone(),
@@ -1364,8 +1408,13 @@ impl World {
                 // A SWIM packet may overtake the persist in flight when the generation it
                 // carries is durable already (the driver contract, node/io.rs).
                 let generation = hs.node.as_ref().map_or(0, |n| n.generation());
-                let bypass = matches!(o, Output::Send { membership: true, .. })
-                    && self.params.persist_mode == PersistMode::Pipelined
+                let bypass = matches!(
+                    o,
+                    Output::Send {
+                        membership: true,
+                        ..
+                    }
+                ) && self.params.persist_mode == PersistMode::Pipelined
                     && hs.durable_generation >= generation;
                 if !bypass {
                     hs.pending.push_back(o);
@@ -1406,12 +1455,16 @@ impl World {
             }
             o => self.output(h, o),
         }
-        if let Some(restart) = trigger {
+        if let Some((restart, wipe)) = trigger {
             self.crash_daemon(h, Some(restart));
+            if wipe {
+                self.hosts[h].disk = None;
+                self.trace(Some(h), || "durable state lost".into());
+            }
         }
     }
 
-    fn trigger_for(&mut self, h: usize, o: &Output, after_vote: &mut u8) -> Option<u64> {
+    fn trigger_for(&mut self, h: usize, o: &Output, after_vote: &mut u8) -> Option<(u64, bool)> {
         let kind = match o {
             Output::Event(Event::Proposed { .. }) => Some(TriggerOn::Proposed),
             Output::Event(Event::Voted { proposal, .. }) => {
@@ -1439,7 +1492,7 @@ impl World {
             .iter_mut()
             .find(|t| !t.fired && t.on == kind && t.host.is_none_or(|x| x == h))?;
         t.fired = true;
-        Some(t.restart_after_us)
+        Some((t.restart_after_us, t.wipe))
     }
 
     fn output(&mut self, h: usize, o: Output) {

@@ -185,6 +185,32 @@ fn crash_during_read_outage() {
     assert!(s.safe_to_recover_total >= s.runs);
 }
 
+/// Issue 10 §8: membership keeps flowing while a slow disk syncs.
+#[test]
+fn slow_disk() {
+    let s = run_seam("slow-disk");
+    assert_eq!(s.runs_with_storm, 0);
+}
+
+/// Issue 10 §9: a member that lost its state never reuses a generation or votes twice.
+#[test]
+fn wiped_disk() {
+    run_seam("wiped-disk");
+}
+
+/// Issue 10 §8: a restarted member is Initializing, not Unhealthy: no storm.
+#[test]
+fn restart_with_one_down() {
+    let s = run_seam("restart-with-one-down");
+    assert_eq!(s.runs_with_storm, 0);
+}
+
+/// Issue 10 §8: a member restarted during a fence learns its outcome (anti-entropy).
+#[test]
+fn voter_restarted_during_fence() {
+    run_seam("voter-restarted-during-fence");
+}
+
 #[test]
 fn random() {
     run("random");

@@ -138,6 +138,17 @@ impl Validate for Message {
             Message::Certificate(qc) => qc.validate(),
             Message::Outcome(o) => o.proposal.validate(),
             Message::Contact(_) | Message::ContactAck(_) | Message::Leave(_) => Ok(()),
+            Message::FenceNews(n) => {
+                if n.items.len() > crate::messages::NEWS_ITEMS_MAX
+                    || n.slots.len() > crate::messages::NEWS_SLOTS_MAX
+                {
+                    return Err("fence news carries more items than allowed");
+                }
+                if n.parts == 0 || n.parts > crate::messages::NEWS_PARTS_MAX || n.part >= n.parts {
+                    return Err("fence news part out of range");
+                }
+                n.items.iter().try_for_each(|i| i.qc.validate())
+            }
         }
     }
 }

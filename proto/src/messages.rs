@@ -206,6 +206,9 @@ pub enum RefuseReason {
     /// A fence of the target's boot is already in flight in the voter's view (it saw the
     /// certificate, or runs the attempt): a second one must not start.
     FenceInFlight,
+    /// The voter lost its durable state (a replaced disk) and waits until every promise and
+    /// budget reservation it may have made has lapsed.
+    Recovering,
 }
 
 /// A refusal to vote.
@@ -445,7 +448,46 @@ pub enum Message {
     ContactAck(ContactAck),
     /// The sender's daemon is stopping on purpose (also gossiped as [`Broadcast::Leave`]).
     Leave(LeaveNotice),
+    /// Anti-entropy: the fences the sender knows of in the current budget window, sent to a
+    /// member that starts or comes back, so that it learns certificates and outcomes it missed
+    /// (and, after losing its state, the budget slots it had reserved).
+    FenceNews(FenceNews),
 }
+
+/// Certificates carried in one [`FenceNews`] message at most (a certificate of 128 votes is
+/// about 13 KiB; four fit in an envelope).
+pub const NEWS_ITEMS_MAX: usize = 4;
+/// Parts one batch of news may have at most.
+pub const NEWS_PARTS_MAX: u8 = 16;
+
+/// One known fence: its certificate, and how it ended if the sender knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewsItem {
+    /// The certificate the fence (or VM-stopping self-fence) ran under.
+    pub qc: QuorumCertificate,
+    /// Its outcome, if known to the sender.
+    pub outcome: Option<OutcomeResult>,
+}
+
+/// One part of a batch of fence news.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceNews {
+    /// Identifies the batch (the sender's choice); parts of one batch share it.
+    pub batch: u64,
+    /// This part's number, below `parts`.
+    pub part: u8,
+    /// Parts in the batch (at least one, even when there is no news).
+    pub parts: u8,
+    /// At most [`NEWS_ITEMS_MAX`] items.
+    pub items: Vec<NewsItem>,
+    /// The budget slots the sender holds reserved (slot, target, target boot), in the first
+    /// part only, at most [`NEWS_SLOTS_MAX`]: a member that lost its state reserves them too
+    /// before it votes again.
+    pub slots: Vec<(u8, MemberId, BootId)>,
+}
+
+/// Slot reservations one batch of news lists at most (the largest budget).
+pub const NEWS_SLOTS_MAX: usize = 32;
 
 /// A contact probe (see [`Message::Contact`]). Sent directly to `target`, or to a relay that
 /// forwards it once to `target` (like SWIM's indirect probes), so that a member still reaches
@@ -490,6 +532,7 @@ impl Message {
             Message::Contact(_) => "contact",
             Message::ContactAck(_) => "contact_ack",
             Message::Leave(_) => "leave",
+            Message::FenceNews(_) => "fence_news",
         }
     }
 }

@@ -531,6 +531,9 @@ impl Node {
             return;
         }
         let p = qc.proposal;
+        if p.kind.stops_vms() {
+            self.durable.record_news(&qc, self.now);
+        }
         self.emit(Event::CertificateSeen {
             qc: Arc::new(qc.clone()),
         });
@@ -569,6 +572,9 @@ impl Node {
         }
         let p = o.proposal;
         if self.durable.release(&p) {
+            self.dirty = true;
+        }
+        if self.durable.news_outcome(&p, o.result) {
             self.dirty = true;
         }
         let t = p.target;

@@ -98,6 +98,7 @@ impl Node {
             outcome: None,
             pill_written: false,
         });
+        self.durable.record_news(&qc, self.now);
         self.durable.close_round(&p);
         self.dirty = true;
         self.persist();
@@ -361,6 +362,7 @@ impl Node {
             r.outcome = Some(result);
         }
         self.durable.release(&p);
+        self.durable.news_outcome(&p, result);
         self.dirty = true;
         match result {
             OutcomeResult::Confirmed(evidence) => {
@@ -538,6 +540,7 @@ impl Node {
             {
                 r.outcome = Some(result);
             }
+            self.durable.news_outcome(&i.proposal, result);
             self.durable.release(&i.proposal);
             self.dirty = true;
             self.persist();

@@ -222,6 +222,13 @@ impl Node {
         self.durable.close_round(&qc.proposal);
         if stops {
             self.durable.watchdog_stopped_for = Some(self.boot);
+            self.durable.record_news(&qc, self.now);
+            // Its own budget view counts it, as its peers' do (they reserve the slot when they
+            // see the certificate).
+            if let Some(s) = qc.proposal.budget_slot {
+                self.durable
+                    .reserve_slot(s, self.me, self.boot, self.now, true);
+            }
         }
         self.dirty = true;
         self.persist();
@@ -433,7 +440,8 @@ impl Node {
         if c.target == self.me && c.origin != self.me {
             // Asked directly (origin is the sender) or through the relay `from`: answer the way
             // the probe came.
-            let vouch = !self.against(c.origin, c.boot);
+            // A member that lost its state cannot know whether it had turned against this boot.
+            let vouch = !self.against(c.origin, c.boot) && !self.recovering();
             let ack = ContactAck {
                 origin: c.origin,
                 voucher: self.me,

@@ -15,6 +15,7 @@ mod agreement;
 mod execution;
 pub mod io;
 mod local;
+mod news;
 mod peer;
 #[cfg(test)]
 mod tests;
@@ -225,6 +226,10 @@ pub struct Node {
     lane_hints: Vec<Instant>,
     stats: Stats,
     stopped: bool,
+    /// Fence-news batches sent (numbers them).
+    news_batch: u64,
+    /// What each peer's latest news batch delivered.
+    news_heard: Vec<news::Heard>,
 }
 
 impl std::fmt::Debug for Node {
@@ -312,10 +317,21 @@ impl Node {
             lane_hints: vec![Instant::ZERO; usize::from(config.fencing.max_concurrent.get())],
             stats: Stats::default(),
             stopped: false,
+            news_batch: 0,
+            news_heard: vec![news::Heard::default(); n],
             cfg: config,
         };
         if clock_restarted {
             node.stats.clock_went_backwards += 1;
+        }
+        if node.durable.recovering {
+            // Lost state: whatever it promised must lapse, and what it reserved be learnt from
+            // its peers' news (or lapse too), before it votes again.
+            node.durable.recovering = false;
+            node.durable.votes_from = Some(now + node.cfg.promise_ttl());
+            node.durable.votes_need_news = true;
+            node.durable.votes_from_anyway = Some(now + node.cfg.fencing.budget_window);
+            node.dirty = true;
         }
         node.persist();
         node.resume_interrupted_attempts();
@@ -625,6 +641,15 @@ impl Node {
         self.next_command
     }
 
+    /// Whether this node lost its state and still waits out what it may have promised or
+    /// reserved: a promise lifetime in any case, and until it heard enough peers' fence news
+    /// (or a whole budget window passed).
+    fn recovering(&self) -> bool {
+        let d = &self.durable;
+        d.votes_from.is_some_and(|t| self.now < t)
+            || (d.votes_need_news && d.votes_from_anyway.is_some_and(|t| self.now < t))
+    }
+
     fn initializing(&self) -> bool {
         self.now.saturating_since(self.started_at) < self.cfg.fencing.startup_quiet_period
     }
@@ -689,6 +714,7 @@ impl Node {
             Message::Contact(c) => self.on_contact(from, c),
             Message::ContactAck(a) => self.on_contact_ack(from, a),
             Message::Leave(l) => self.on_leave(from, l),
+            Message::FenceNews(n) => self.on_fence_news(from, n),
         }
     }
 
@@ -980,7 +1006,16 @@ impl Node {
             }
             self.member_generation(MemberId(i as u16), generation);
             let p = &mut self.peers[i];
+            // A member that comes alive, or runs a new generation (a restarted daemon), learns
+            // the fences it may have missed.
+            let back = (state == SwimState::Alive
+                && !matches!(p.swim, SwimState::Alive | SwimState::Suspect))
+                || (generation > p.generation && p.generation > 0 && state == SwimState::Alive);
             p.generation = p.generation.max(generation);
+            if back {
+                self.send_news(MemberId(i as u16));
+            }
+            let p = &mut self.peers[i];
             if p.swim != state {
                 let from = p.swim;
                 p.swim = state;
@@ -1098,6 +1133,7 @@ impl Node {
     fn eligibility_facts(&self) -> EligibilityFacts {
         EligibilityFacts {
             initializing: self.initializing(),
+            recovering: self.recovering(),
             verdict: self.verdict,
             visible: self.visible(),
             quorum: self.cfg.quorum(),

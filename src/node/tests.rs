@@ -1289,3 +1289,79 @@ fn an_operator_fence_of_a_host_that_left_needs_power_off() {
         "never confirmed without power Off"
     );
 }
+
+/// Issue 10 §8: a member restarted during a fence learns the certificate and the outcome from
+/// its peers when it comes back (anti-entropy): it knows the host fenced and counts the same
+/// budget as they do, instead of proposing it again and again.
+#[test]
+fn a_member_restarted_during_a_fence_learns_its_outcome() {
+    // Seven hosts: two down at once is not yet a storm.
+    let mut c = settled(7, |_| {});
+    // h3 is in maintenance, so that its own silence while its daemon is down fences nobody.
+    c.handle(
+        0,
+        Input::Operator(OperatorCommand::Maintenance {
+            member: MemberId(3),
+            on: true,
+        }),
+    );
+    c.run_for(Duration::from_secs(2));
+    c.crash(3);
+    c.cut[3] = true;
+    c.kill_host(4);
+    c.run_for(Duration::from_secs(12));
+    assert!(
+        c.nodes[0]
+            .as_ref()
+            .unwrap()
+            .durable()
+            .fenced_boot(MemberId(4))
+            == Some(boot(4)),
+        "the others fenced h4"
+    );
+    c.cut[3] = false;
+    c.start(3);
+    c.run_for(Duration::from_secs(12));
+    let n3 = c.nodes[3].as_ref().unwrap();
+    assert_eq!(n3.durable().fenced_boot(MemberId(4)), Some(boot(4)));
+    let p = n3
+        .status()
+        .peers
+        .into_iter()
+        .find(|p| p.member == MemberId(4))
+        .unwrap();
+    assert_eq!(p.ha, HaState::Fenced);
+    assert_eq!(
+        n3.status().budget_used,
+        c.nodes[0].as_ref().unwrap().status().budget_used,
+        "one budget view"
+    );
+    assert!(
+        !c.events(3).any(|e| matches!(e, Event::Proposed { .. })),
+        "it never proposed the fenced host again: {:?}",
+        c.events(3)
+            .filter(|e| !matches!(e, Event::HaChanged { .. } | Event::SwimChanged { .. }))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Issue 10 §9: a member whose state was lost comes back with a generation above its old one
+/// and votes again only after a promise lifetime and its peers' news.
+#[test]
+fn a_member_that_lost_its_state_waits_before_voting() {
+    let mut c = settled(5, |_| {});
+    let old = c.disks[2].as_ref().unwrap().generation;
+    c.crash(2);
+    c.disks[2] = Some(DurableState::recovered(old + 16));
+    c.start(2);
+    c.run_for(Duration::from_secs(15));
+    let s = c.nodes[2].as_ref().unwrap().status();
+    assert!(s.generation > old);
+    assert_eq!(s.ineligible, Some(Ineligible::Recovering));
+    c.run_for(c.cfg.promise_ttl());
+    let s = c.nodes[2].as_ref().unwrap().status();
+    assert_eq!(
+        s.ineligible, None,
+        "news heard and promises lapsed: it votes again"
+    );
+}
