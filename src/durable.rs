@@ -104,6 +104,10 @@ pub struct NewsRecord {
     pub at: Instant,
 }
 
+/// Generations a member that lost its state skips above the highest one its own heartbeat slots
+/// show (a generation can run for less than a heartbeat interval and never be written there).
+pub const RECOVER_GENERATION_MARGIN: u32 = 16;
+
 /// Fence news kept at most (two full budgets).
 pub const NEWS_MAX: usize = 64;
 

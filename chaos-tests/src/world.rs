@@ -55,9 +55,7 @@ macro_rules! check {
 pub const MS: u64 = 1_000;
 /// One second in simulated microseconds.
 pub const SEC: u64 = 1_000_000;
-/// Generations a recovered daemon skips above the one its heartbeat slot shows (one may have run
-/// too briefly to be written there).
-pub const RECOVER_MARGIN: u32 = 16;
+use peerfence::durable::RECOVER_GENERATION_MARGIN as RECOVER_MARGIN;
 /// One day in simulated microseconds.
 pub const DAY: u64 = 86_400 * SEC;
 
