@@ -27,6 +27,13 @@ pub const MAX_LEVELS: usize = 8;
 pub const MAX_BUDGET: u8 = 32;
 /// Largest number of fences in flight at once.
 pub const MAX_CONCURRENT: u8 = 16;
+/// Smallest `fencing.confirm_margin`: it pads every promise and deadline for the time a node
+/// takes to notice an instant has passed (it evaluates every [`crate::node::TICK`]).
+pub const CONFIRM_MARGIN_MIN: Duration = Duration::from_millis(500);
+const _: () = assert!(
+    CONFIRM_MARGIN_MIN.as_millis() >= 2 * crate::node::TICK.as_millis(),
+    "the margin must cover a few evaluation periods"
+);
 
 /// One configuration problem: which field, what value, which rule it breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1038,6 +1045,16 @@ impl RawConfig {
             );
         }
         let confirm_margin = c.duration("fencing.confirm_margin", &f.confirm_margin, "2s");
+        if confirm_margin < CONFIRM_MARGIN_MIN {
+            c.err(
+                "fencing.confirm_margin",
+                quoted(&fmt_duration(confirm_margin)),
+                format!(
+                    "must be at least {}: an executor notices the end of its attempt only at its next evaluation, and every promise must outlast that",
+                    fmt_duration(CONFIRM_MARGIN_MIN)
+                ),
+            );
+        }
 
         // [self_fence]
         let sf = &self.self_fence;

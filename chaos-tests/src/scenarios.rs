@@ -483,7 +483,7 @@ fn restart_during_fence(s: &mut Setup) {
     let v = s.host();
     let at = s.at(20, 30);
     s.fault(at, Fault::CrashHost(v));
-    s.expected_crashes.push((v, at, Some(120 * SEC)));
+    s.expected_crashes.push((v, at, Some(180 * SEC)));
     s.victims = vec![v];
     let kinds = [
         TriggerOn::Proposed,
@@ -501,6 +501,7 @@ fn restart_during_fence(s: &mut Setup) {
             host: None,
             restart_after_us,
             wipe: false,
+            stall_us: None,
             fired: false,
         });
     }
@@ -878,6 +879,7 @@ fn restart_after_long_uptime(s: &mut Setup) {
         host: None,
         restart_after_us,
         wipe: false,
+        stall_us: None,
         fired: false,
     });
 }
@@ -1031,6 +1033,7 @@ fn wiped_disk(s: &mut Setup) {
         host: None,
         restart_after_us,
         wipe: true,
+        stall_us: None,
         fired: false,
     });
     // Sometimes a second member loses its disk later, at random.
@@ -1086,6 +1089,7 @@ fn voter_restarted_during_fence(s: &mut Setup) {
         host: None,
         restart_after_us,
         wipe: false,
+        stall_us: None,
         fired: false,
     });
 }
@@ -1106,6 +1110,51 @@ fn expect_views_converge(s: &Setup, r: &RunResult) -> Vec<String> {
         }
     }
     out
+}
+
+/// A host loses power while its BMC hangs (the first level runs into its timeout), and the member
+/// that proposes, or executes, its fence stalls for 3-15 s at the worst moment (after
+/// proposing, after starting the fence, after its first agent command): votes and agent
+/// results queue up and are handled late. A late certificate or a level started late must not
+/// outlive the voters' promises: one fence in flight per target (I4). Stalls stay below the
+/// watchdog timeout (a longer one resets the stalled host, as it should); the stalled member
+/// looks Suspect meanwhile, which with the dead host is a storm and its cooldown.
+fn proposer_stall(s: &mut Setup) {
+    s.duration_us = 220 * SEC;
+    let v = s.host();
+    let at = s.at(20, 30);
+    s.fault(at - SEC, Fault::Bmc(v, BmcMode::Hang));
+    s.fault(at, Fault::PowerLoss(v));
+    s.expected_crashes.push((v, at, Some(180 * SEC)));
+    s.victims = vec![v];
+    let kinds = [
+        TriggerOn::Proposed,
+        TriggerOn::FenceStarted,
+        TriggerOn::FenceCommand,
+    ];
+    let on = kinds[s.rng.random_range(0..kinds.len())];
+    let stall = s.rng.random_range(3 * SEC..=8 * SEC);
+    s.triggers.push(Trigger {
+        on,
+        host: None,
+        restart_after_us: 0,
+        wipe: false,
+        stall_us: Some(stall),
+        fired: false,
+    });
+    // Half the runs also restart a member that saw the certificate: it no longer knows that
+    // a fence is in flight, and proposes one itself once its quiet period is over.
+    if s.rng.random_bool(0.5) {
+        let restart_after_us = s.rng.random_range(SEC..=3 * SEC);
+        s.triggers.push(Trigger {
+            on: TriggerOn::CertificateSeen,
+            host: None,
+            restart_after_us,
+            wipe: false,
+            stall_us: None,
+            fired: false,
+        });
+    }
 }
 
 fn expect_invariants_only(_s: &Setup, _r: &RunResult) -> Vec<String> {
@@ -1281,6 +1330,14 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: voter_restarted_during_fence,
         expect: expect_views_converge,
+    },
+    Scenario {
+        name: "proposer-stall",
+        about: "a host loses power with its BMC hung; its fence's proposer or executor stalls 3-8 s at the worst moment: late votes and late levels never make two fences in flight; fenced within 180 s",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: proposer_stall,
+        expect: expect_victims_confirmed,
     },
     Scenario {
         name: "random",

@@ -235,6 +235,8 @@ pub enum TriggerOn {
     FenceStarted,
     /// The first `Output::Fence` command.
     FenceCommand,
+    /// `Event::CertificateSeen` (a member learns of a fence another one runs).
+    CertificateSeen,
 }
 
 /// Crash the daemon that emitted a matching output, before it emits anything else, and restart it
@@ -249,6 +251,8 @@ pub struct Trigger {
     pub restart_after_us: u64,
     /// The crash also loses the daemon's durable state (a replaced disk).
     pub wipe: bool,
+    /// Instead of crashing, the node task stalls this long (µs): its inputs queue up.
+    pub stall_us: Option<u64>,
     /// Already fired.
     pub fired: bool,
 }
@@ -1453,16 +1457,25 @@ impl World {
             }
             o => self.output(h, o),
         }
-        if let Some((restart, wipe)) = trigger {
-            self.crash_daemon(h, Some(restart));
-            if wipe {
-                self.hosts[h].disk = None;
-                self.trace(Some(h), || "durable state lost".into());
+        match trigger {
+            Some((_, _, Some(stall))) => self.stall(h, stall, false),
+            Some((restart, wipe, None)) => {
+                self.crash_daemon(h, Some(restart));
+                if wipe {
+                    self.hosts[h].disk = None;
+                    self.trace(Some(h), || "durable state lost".into());
+                }
             }
+            None => {}
         }
     }
 
-    fn trigger_for(&mut self, h: usize, o: &Output, after_vote: &mut u8) -> Option<(u64, bool)> {
+    fn trigger_for(
+        &mut self,
+        h: usize,
+        o: &Output,
+        after_vote: &mut u8,
+    ) -> Option<(u64, bool, Option<u64>)> {
         let kind = match o {
             Output::Event(Event::Proposed { .. }) => Some(TriggerOn::Proposed),
             Output::Event(Event::Voted { proposal, .. }) => {
@@ -1483,6 +1496,7 @@ impl World {
             Output::Persist(_) if *after_vote == 1 => Some(TriggerOn::PersistAfterVote),
             Output::Event(Event::FenceStarted { .. }) => Some(TriggerOn::FenceStarted),
             Output::Fence(c) if c.action == AgentAction::Off => Some(TriggerOn::FenceCommand),
+            Output::Event(Event::CertificateSeen { .. }) => Some(TriggerOn::CertificateSeen),
             _ => None,
         }?;
         let t = self
@@ -1490,7 +1504,7 @@ impl World {
             .iter_mut()
             .find(|t| !t.fired && t.on == kind && t.host.is_none_or(|x| x == h))?;
         t.fired = true;
-        Some((t.restart_after_us, t.wipe))
+        Some((t.restart_after_us, t.wipe, t.stall_us))
     }
 
     fn output(&mut self, h: usize, o: Output) {

@@ -45,6 +45,9 @@ fn is_final(reason: RefuseReason) -> bool {
             | RefuseReason::TargetAlreadyFenced
             | RefuseReason::TargetInMaintenance
             | RefuseReason::TargetBootMismatch
+            | RefuseReason::TargetLeft
+            | RefuseReason::FenceInFlight
+            | RefuseReason::Recovering
     )
 }
 
@@ -62,6 +65,22 @@ impl Node {
             }
         }
         rank
+    }
+
+    /// Whether a fence of `t` in `boot` runs here, ran here before a restart and may still, or
+    /// was learnt from its certificate and has not ended.
+    pub(super) fn fence_in_flight(&self, t: MemberId, boot: peerfence_proto::BootId) -> bool {
+        self.executions
+            .get(&t)
+            .is_some_and(|e| e.qc.proposal.target_boot == boot)
+            || self
+                .interrupted
+                .iter()
+                .any(|i| i.proposal.target == t && i.proposal.target_boot == boot)
+            || self.peers[t.index()]
+                .inflight
+                .as_ref()
+                .is_some_and(|f| f.proposal.target_boot == boot)
     }
 
     /// Starts rounds for fenceable targets whose turn has come.
@@ -93,9 +112,7 @@ impl Node {
             };
             if self.rounds.contains_key(&t)
                 || self.executions.contains_key(&t)
-                || p.inflight
-                    .as_ref()
-                    .is_some_and(|f| f.proposal.target_boot == boot)
+                || self.fence_in_flight(t, boot)
                 || self.durable.promise_for(t).is_some()
                 || p.next_round_at > self.now
             {
@@ -254,6 +271,11 @@ impl Node {
         }
         if facts.boot != Some(proposal.target_boot) {
             return Err(RefuseReason::TargetBootMismatch);
+        }
+        if proposal.kind.is_fence() && self.fence_in_flight(t, proposal.target_boot) {
+            // One fence in flight per target: its voters' promises may have lapsed (a late
+            // start, a stalled executor), this record has not.
+            return Err(RefuseReason::FenceInFlight);
         }
         if let Some(s) = proposal.budget_slot {
             let budget = self.cfg.fencing.budget.get();
@@ -424,6 +446,13 @@ impl Node {
             return;
         };
         let q = self.cfg.quorum();
+        // The timeout first: votes that sat in this node's inbox while it stalled (a slow
+        // fsync) are counted only if they are counted in time. A certificate formed late would
+        // run an attempt that outlives the voters' promises (docs/SAFETY.md, I4).
+        if self.now.saturating_since(round.started_at) >= self.cfg.fencing.proposal_timeout {
+            self.abandon(target);
+            return;
+        }
         if round.votes.len() >= q {
             let Some(round) = self.rounds.remove(&target) else {
                 return;
@@ -441,9 +470,7 @@ impl Node {
         // The target never votes on its own fence.
         let voters = self.cfg.n() - 1;
         let finals = round.refusals.values().filter(|r| is_final(**r)).count();
-        let timed_out =
-            self.now.saturating_since(round.started_at) >= self.cfg.fencing.proposal_timeout;
-        if voters.saturating_sub(finals) < q || timed_out {
+        if voters.saturating_sub(finals) < q {
             self.abandon(target);
             return;
         }

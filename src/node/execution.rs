@@ -45,6 +45,10 @@ pub(super) struct Execution {
     pub attempt: u16,
     pub level: usize,
     pub level_deadline: Instant,
+    /// When the whole attempt must be over (start + `attempt_max`): a level that begins late
+    /// (the node stalled) gets only what is left, so the attempt never outlives the promises
+    /// its voters granted for it.
+    pub deadline: Instant,
     pub step: Step,
     pub pill_written: bool,
 }
@@ -114,6 +118,7 @@ impl Node {
                 attempt,
                 level: 0,
                 level_deadline: self.now,
+                deadline: self.now + self.cfg.attempt_max(),
                 step: Step::StatusWait {
                     next_poll: Instant::ZERO,
                 },
@@ -149,8 +154,13 @@ impl Node {
         let Some(exec) = self.executions.get_mut(&t) else {
             return;
         };
+        if self.now >= exec.deadline {
+            self.finish(t, OutcomeResult::Failed(FailReason::AllLevelsFailed));
+            return;
+        }
         exec.level = level;
-        exec.level_deadline = self.now + cfg.level_budget(spec);
+        exec.level_deadline = (self.now + cfg.level_budget(spec)).min(exec.deadline);
+        let remaining = exec.level_deadline.saturating_since(self.now);
         let qc = exec.qc.clone();
         match spec.kind {
             LevelKind::Agent { timeout } => {
@@ -160,7 +170,7 @@ impl Node {
                     target: t,
                     level: level as u8,
                     action: AgentAction::Off,
-                    timeout,
+                    timeout: timeout.min(remaining),
                     qc,
                 }));
             }

@@ -133,6 +133,17 @@ impl Node {
             });
         }
         let Some(result) = outcome else {
+            // It may still run: no second fence of that boot, here or by this node's vote,
+            // until it must be over.
+            let t = p.target;
+            if t != self.me && self.peers[t.index()].inflight.is_none() {
+                let until = self.now + self.cfg.attempt_max() + self.cfg.fencing.confirm_margin * 2;
+                self.peers[t.index()].inflight = Some(super::peer::Inflight {
+                    proposal: p,
+                    seen_at: self.now,
+                    until,
+                });
+            }
             return;
         };
         if self.durable.news_outcome(&p, result) {

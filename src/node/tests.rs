@@ -1365,3 +1365,112 @@ fn a_member_that_lost_its_state_waits_before_voting() {
         "news heard and promises lapsed: it votes again"
     );
 }
+
+/// Issue 10 §5: a proposer whose node task stalled past `proposal_timeout` (its votes sat in
+/// its inbox) must not count them: a certificate formed late would run an attempt that outlives
+/// its voters' promises.
+#[test]
+fn votes_handled_after_the_proposal_timeout_make_no_certificate() {
+    // Three hosts: the proposer's own vote and one more make the quorum, so the first late
+    // vote it handles completes the certificate.
+    let mut c = settled(3, |_| {});
+    c.kill_host(2);
+    let is_vote = |bytes: &Bytes| {
+        matches!(
+            peerfence_proto::decode(bytes).map(|e| e.message),
+            Ok(Message::Vote(_))
+        )
+    };
+    // Run until someone proposes; from then on its inbox is held. Once the other member's vote
+    // sits in that inbox, the proposer's node task stalls.
+    let mut proposed_at = None;
+    let mut p = 0;
+    for _ in 0..300 {
+        c.now = c.now + STEP;
+        if c.now >= c.next_second {
+            c.next_second = c.now + Duration::from_secs(1);
+            c.storage_round();
+        }
+        for i in 0..3 {
+            c.handle(i, Input::Tick);
+        }
+        if proposed_at.is_none()
+            && let Some(i) =
+                (0..2).find(|&i| c.events(i).any(|e| matches!(e, Event::Proposed { .. })))
+        {
+            p = i;
+            proposed_at = Some(c.now);
+            c.held[p] = true;
+        }
+        c.deliver();
+        if c.held_queue.iter().any(|(_, _, b)| is_vote(b)) {
+            break;
+        }
+    }
+    let started = proposed_at.expect("a proposal");
+    assert!(
+        c.held_queue.iter().any(|(_, _, b)| is_vote(b)),
+        "a vote is waiting"
+    );
+    // The stall lasts until just past the proposal timeout; the other member goes on.
+    let stall_end = started + c.cfg.fencing.proposal_timeout + Duration::from_millis(200);
+    while c.now < stall_end {
+        c.now = c.now + STEP;
+        for i in (0..3).filter(|&i| i != p) {
+            c.handle(i, Input::Tick);
+        }
+        c.deliver();
+    }
+    // It wakes up and handles its inbox, the vote first (the daemon's inbox is in arrival
+    // order, and nothing says a timer is handled before it).
+    let mut held = std::mem::take(&mut c.held_queue);
+    held.make_contiguous().sort_by_key(|(_, _, b)| !is_vote(b));
+    c.held[p] = false;
+    for (from, to, bytes) in held {
+        c.handle(to.index(), Input::Datagram { from, bytes });
+    }
+    assert!(
+        !c.log[p]
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::FenceStarted { .. }))),
+        "late votes made a certificate"
+    );
+}
+
+/// Issue 10 §5: an executor that stalls past its attempt's deadline does not begin its next
+/// level with a fresh budget: the attempt never outlives the promises its voters granted.
+#[test]
+fn a_level_begun_late_gets_only_what_is_left_of_the_attempt() {
+    let mut c = settled(5, |r| {
+        r.fencing.levels = Some(vec![
+            RawLevel::agent("bmc", "10s"),
+            RawLevel::poison_pill("pill"),
+        ]);
+        r.watchdog.enabled = Some(true);
+    });
+    c.bmc_hung[4] = true;
+    c.kill_host(4);
+    let mut executor = None;
+    for _ in 0..200 {
+        c.run_for(STEP);
+        executor = (0..4).find(|&i| c.log[i].iter().any(|o| matches!(o, Output::Fence(_))));
+        if executor.is_some() {
+            break;
+        }
+    }
+    let e = executor.expect("a fence started");
+    // The executor's node task stalls for longer than the whole attempt may take.
+    let stalled = c.cfg.attempt_max() + Duration::from_secs(1);
+    c.now = c.now + stalled;
+    c.handle(e, Input::Tick);
+    assert!(
+        !c.log[e]
+            .iter()
+            .any(|o| matches!(o, Output::WritePill { .. })),
+        "a pill level begun after the attempt's deadline"
+    );
+    assert!(
+        c.events(e)
+            .any(|ev| matches!(ev, Event::FenceFailed { .. }))
+    );
+}
