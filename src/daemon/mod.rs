@@ -23,6 +23,7 @@ pub mod hooks;
 pub mod http;
 pub mod https;
 pub mod metrics;
+pub mod pipeline;
 pub mod simagent;
 pub mod storage;
 pub mod store;
