@@ -1364,8 +1364,13 @@ impl World {
                 // A SWIM packet may overtake the persist in flight when the generation it
                 // carries is durable already (the driver contract, node/io.rs).
                 let generation = hs.node.as_ref().map_or(0, |n| n.generation());
-                let bypass = matches!(o, Output::Send { membership: true, .. })
-                    && self.params.persist_mode == PersistMode::Pipelined
+                let bypass = matches!(
+                    o,
+                    Output::Send {
+                        membership: true,
+                        ..
+                    }
+                ) && self.params.persist_mode == PersistMode::Pipelined
                     && hs.durable_generation >= generation;
                 if !bypass {
                     hs.pending.push_back(o);
