@@ -288,6 +288,9 @@ fn run(path: &Path) -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("error: {e}");
+            // A state-file write stuck on a dead disk never returns: dropping the runtime would
+            // wait for it forever, and a daemon that must stop would linger instead of exiting.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
             ExitCode::from(1)
         }
     }

@@ -1,5 +1,6 @@
 //! The daemon as real processes on loopback: joining, failure detection, rejoining, refusing
-//! strangers, dropping forged senders, a hanging storage write, and crash-safe durable state.
+//! strangers, dropping forged senders, a hanging storage write, a hanging state-file write, and
+//! crash-safe durable state.
 //!
 //! Every wait is bounded polling of the status endpoint with a generous deadline; where the
 //! issue states a bound (join within 3 s, Down within the detection bound) the measured time is
@@ -616,4 +617,94 @@ fn sigterm_leaves_cleanly_and_the_agent_check_is_gossiped() {
     }
     let code = wait_exit(&mut c, 2, Duration::from_secs(5)).expect("exits promptly");
     assert!(code == 130 || code == 0, "exit code {code}");
+}
+
+/// A state-file write that hangs (a FIFO no one reads in place of `DATA_DIR/state.tmp`, the
+/// slowest disk there is) holds back what depends on it, not SWIM: the node keeps answering
+/// probes and status requests, its peers keep seeing it alive. When the write fails at last,
+/// the daemon stops with the store's error, as it always did.
+#[test]
+fn a_hanging_state_file_write_holds_its_dependants_but_not_swim() {
+    const TOKEN: &str = "ops-0123456789abcdef0123456789abcdef";
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::new_with("slowdisk", 3, "observe", |_, dir| {
+        format!("token_file = \"{}/api-tokens\"\n", dir.display())
+    });
+    let tokens = c.dir.join("api-tokens");
+    std::fs::write(&tokens, format!("ops {TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    for i in 0..3 {
+        c.start(i);
+    }
+    assert_cluster_forms(&c);
+    let idle = |s: &serde_json::Value| s["state_file"]["writing"] == false;
+    assert!(c.status(0).is_some_and(|s| idle(&s)), "{:?}", c.status(0));
+
+    let tmp = c.dir.join("data").join("n0").join("state.tmp");
+    let made = Command::new("mkfifo").arg(&tmp).status().unwrap();
+    assert!(made.success(), "could not put a FIFO in place");
+    // Maintenance is durable: n0 persists the flag, and the write hangs in open(2). The answer
+    // waits for its events, which wait for the write: the API gives up after 2 s.
+    let (code, body) = http_request(
+        c.members[0].http,
+        "POST",
+        "/v1/hosts/n1/maintenance",
+        Some(TOKEN),
+        Some(r#"{"on": true}"#),
+    )
+    .expect("the API answers");
+    assert_eq!(code, 503, "{body}");
+    let stuck = wait_for(Duration::from_secs(10), || {
+        let s = c.status(0)?;
+        (s["state_file"]["writing"] == true && s["state_file"]["held"].as_u64()? > 0).then_some(s)
+    })
+    .expect("n0 answers status requests while its write hangs, and holds its dependants");
+    eprintln!("held behind the write: {}", stuck["state_file"]);
+
+    // Longer than suspect→down (3 s) plus a probe period and margin: a node task blocked on
+    // the write would be Down everywhere by then.
+    let window = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < window {
+        for i in [1, 2] {
+            let v = c.view(i, 0).expect("peers answer");
+            assert_ne!(v["swim"], "Down", "n{i} lost n0 while its write hung: {v}");
+        }
+        let s = c
+            .status(0)
+            .expect("n0 answers status requests while its write hangs");
+        assert_eq!(s["state_file"]["writing"], true, "{}", s["state_file"]);
+        // Pacing of the observation only (nothing waits on it).
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || all_alive(&c, &[0, 1, 2])
+            .then_some(()))
+        .is_some(),
+        "SWIM flows both ways while the write hangs"
+    );
+
+    // The disk "answers": the write goes through the FIFO, and fsync(2) of a FIFO fails
+    // (EINVAL). The daemon stops with the store's error naming the file.
+    let reader = {
+        let tmp = tmp.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let read = std::fs::File::open(&tmp)
+                .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut bytes));
+            let _ = tx.send(read.map(|_| bytes.len()));
+        });
+        rx
+    };
+    let read = reader
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the daemon had the FIFO open for writing");
+    assert!(read.is_ok_and(|n| n > 0), "the state was written into it");
+    let code = wait_exit(&mut c, 0, Duration::from_secs(20)).expect("the daemon stops");
+    assert_eq!(code, 1);
+    let log = c.log(0);
+    assert!(
+        log.contains("state.tmp") && log.contains("Invalid argument"),
+        "{log}"
+    );
 }

@@ -3,8 +3,9 @@
 //! Everything that touches the world lives here (and only here): the clock, the QUIC
 //! transport, TLS, files, health-check threads, the status endpoint. One task owns the core's
 //! `Node` and is the only reader of the clock; everything else talks to it through one bounded
-//! channel ([`Msg`]). After every input it drains the node's outputs in order, and a `Persist`
-//! is written and synced before the next output is looked at.
+//! channel ([`Msg`]). After every input it drains the node's outputs in order. A `Persist` is
+//! written and synced in the background while the task keeps handling inputs; what came after it
+//! waits (SWIM packets excepted, see [`pipeline`]) and is carried out once it is durable.
 //!
 //! This module is exempt from the core's sans-IO lints (`clippy.toml`): doing IO is its job.
 #![allow(clippy::disallowed_methods)]
@@ -23,6 +24,7 @@ pub mod hooks;
 pub mod http;
 pub mod https;
 pub mod metrics;
+pub mod pipeline;
 pub mod simagent;
 pub mod storage;
 pub mod store;
@@ -39,6 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinError, JoinHandle};
 
 /// Messages the node's task receives. The channel is bounded ([`INBOX`]); network input that
 /// finds it full is dropped and counted, local threads wait.
@@ -105,6 +108,11 @@ impl Action {
 /// Capacity of the node's inbox.
 pub const INBOX: usize = 8192;
 
+/// API actions and self-fence requests whose answer waits for outputs held behind a state-file
+/// write, at most. Each requester gives up after 2 s (`http.rs`) and is then forgotten; more
+/// than this many at once are refused (busy) before anything is done.
+pub const MAX_WAITERS: usize = 64;
+
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -117,6 +125,9 @@ pub enum DaemonError {
     /// The node refused to start.
     #[error("cannot start: {0}")]
     Start(#[from] crate::node::StartError),
+    /// More outputs are held behind a state-file write than [`pipeline::MAX_HELD`].
+    #[error(transparent)]
+    Held(#[from] pipeline::Overflow),
     /// Binding or another IO failure.
     #[error("{what}: {source}")]
     Io {
@@ -245,6 +256,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let boot = boot_id(cfg.boot_id)?;
     let store = store::StateFile::open(&cfg.data_dir)?;
     let durable = store.load()?;
+    let on_disk = durable.as_ref().map_or(0, |d| d.generation);
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed)
         .map_err(|e| DaemonError::BootId("getrandom".into(), e.to_string()))?;
@@ -334,19 +346,22 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         agents: agents.clone(),
         local: cfg.local.clone(),
         watchdog,
-        answer: None,
+        pipeline: pipeline::Pipeline::new(on_disk),
+        write: None,
+        waiters: Vec::new(),
         events: events.clone(),
         history: history.clone(),
         levels: levels.clone(),
         metrics: metrics.clone(),
-        collect: None,
         hooks,
         writers: writers.clone(),
         me: cfg.me,
         boot,
     };
-    // The first output persists the new generation: nothing leaves before it is on disk.
+    // The first output persists the new generation: nothing leaves before it is on disk, and
+    // nothing else starts before it is either.
     shell.drain(&mut node).await?;
+    shell.flush(&mut node).await?;
     storage::spawn(
         core.clone(),
         cfg.me,
@@ -388,46 +403,33 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
 
     loop {
         let deadline = clock.deadline(node.poll_timeout());
-        let input = tokio::select! {
+        tokio::select! {
             msg = rx.recv() => match msg {
-                Some(Msg::Input(input)) => Some(input),
+                Some(Msg::Input(input)) => shell.input(&mut node, input).await?,
+                // Answered at once, also while a write is in flight: the status view is the
+                // node's, whatever the disk is doing.
                 Some(Msg::Status(reply)) => {
                     let _ = reply.send(status(&node, &shell, &cfg.addresses));
-                    None
                 }
                 Some(Msg::SelfFenceRequest(reply)) => {
-                    shell.answer = None;
-                    node.handle(
-                        clock.now(),
-                        Input::Operator(OperatorCommand::SelfFenceRequest),
-                    );
-                    generation.store(node.generation(), Ordering::SeqCst);
-                    shell.drain(&mut node).await?;
-                    if let Some(a) = shell.answer.take() {
-                        let _ = reply.send(a);
-                    }
-                    None
+                    shell.self_fence_request(&mut node, reply).await?;
                 }
                 Some(Msg::Action { action, by, remote, reply }) => {
-                    let answer = shell.action(&mut node, action, &by, remote).await?;
-                    generation.store(node.generation(), Ordering::SeqCst);
-                    let _ = reply.send(answer);
-                    None
+                    shell.action(&mut node, action, &by, remote, reply).await?;
                 }
                 Some(Msg::Shutdown) | None => break,
             },
-            _ = tokio::time::sleep_until(deadline) => Some(Input::Tick),
-        };
-        if let Some(input) = input {
-            shell.observe(&input);
-            node.handle(clock.now(), input);
-            generation.store(node.generation(), Ordering::SeqCst);
-            shell.drain(&mut node).await?;
+            _ = tokio::time::sleep_until(deadline) => shell.input(&mut node, Input::Tick).await?,
+            done = write_done(&mut shell.write) => shell.written(&mut node, done).await?,
         }
+        generation.store(node.generation(), Ordering::SeqCst);
     }
     tracing::info!("leaving the cluster");
     node.handle(clock.now(), Input::Shutdown);
     shell.drain(&mut node).await?;
+    // Every held output (the clean-stop notices, the last heartbeat record) goes out, each after
+    // the persist it follows.
+    shell.flush(&mut node).await?;
     stop.store(true, Ordering::SeqCst);
     if let Some(w) = shell.watchdog.take() {
         // Magic close unless the core stopped feeding (then the reset must still come).
@@ -445,6 +447,105 @@ fn names_of(core: &crate::config::Config) -> Vec<String> {
         .collect()
 }
 
+/// Waits for the state-file write in flight (forever if there is none) and forgets it once done,
+/// so that a `select!` may poll it again and again.
+async fn write_done(
+    write: &mut Option<JoinHandle<Result<(), store::StoreError>>>,
+) -> Result<Result<(), store::StoreError>, JoinError> {
+    let Some(handle) = write.as_mut() else {
+        return std::future::pending().await;
+    };
+    let done = handle.await;
+    *write = None;
+    done
+}
+
+/// Someone waiting for what its request to the node produced: the outputs numbered
+/// `from..upto` (one handle and its drain), some of which may be held behind a write.
+struct Waiter {
+    from: pipeline::Seq,
+    upto: pipeline::Seq,
+    /// An output in range fed the node an input: what that produced counts too (it did while
+    /// the drain was synchronous), so `upto` moves past it.
+    cascade: bool,
+    reply: Reply,
+}
+
+enum Reply {
+    /// An API action: the events so far (the audit event first).
+    Action(Vec<Arc<events::ApiEvent>>, oneshot::Sender<ActionAnswer>),
+    /// A local self-fence request: the core's answer, once it is carried out.
+    SelfFence(Option<SelfFenceAnswer>, oneshot::Sender<SelfFenceAnswer>),
+}
+
+impl Waiter {
+    fn covers(&self, seq: pipeline::Seq) -> bool {
+        (self.from..self.upto).contains(&seq)
+    }
+
+    fn gone(&self) -> bool {
+        match &self.reply {
+            Reply::Action(_, tx) => tx.is_closed(),
+            Reply::SelfFence(_, tx) => tx.is_closed(),
+        }
+    }
+
+    fn answer(self) {
+        match self.reply {
+            Reply::Action(events, tx) => {
+                let _ = tx.send(Ok(events));
+            }
+            // No answer produced: the requester times out, as it always did.
+            Reply::SelfFence(answer, tx) => {
+                if let Some(a) = answer {
+                    let _ = tx.send(a);
+                }
+            }
+        }
+    }
+}
+
+/// The core's command for an API action, and the host it names; or the HTTP refusal.
+fn operator_command(
+    node: &Node,
+    action: &Action,
+) -> Result<(OperatorCommand, Option<String>), (axum::http::StatusCode, String)> {
+    use axum::http::StatusCode;
+    let cfg = node.config();
+    let resolve = |host: &str| {
+        cfg.roster.id_of(host).ok_or_else(|| {
+            (
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no member is named {host:?}; the members are {}",
+                    names_of(cfg).join(", ")
+                ),
+            )
+        })
+    };
+    Ok(match action {
+        Action::Arm => (OperatorCommand::Arm, None),
+        Action::Disarm => (OperatorCommand::Disarm, None),
+        Action::Maintenance { host, on } => (
+            OperatorCommand::Maintenance {
+                member: resolve(host)?,
+                on: *on,
+            },
+            Some(host.clone()),
+        ),
+        Action::Fence { host } => {
+            let target = resolve(host)?;
+            if target == node.status().me {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!("{host} is this host: ask another member's endpoint to fence it"),
+                ));
+            }
+            (OperatorCommand::ManualFence { target }, Some(host.clone()))
+        }
+    })
+}
+
 /// What the node's task owns besides the node: where its outputs go.
 struct Shell {
     clock: Clock,
@@ -454,8 +555,12 @@ struct Shell {
     agents: Arc<Vec<Option<fence::Agent>>>,
     local: config::LocalActionsConfig,
     watchdog: Option<watchdog::Feeder>,
-    /// The last answer to a local self-fence request, picked up by the requester.
-    answer: Option<SelfFenceAnswer>,
+    /// Which outputs wait for the state-file write in flight.
+    pipeline: pipeline::Pipeline,
+    /// The state-file write in flight (at most one).
+    write: Option<JoinHandle<Result<(), store::StoreError>>>,
+    /// Requesters waiting for the outputs their request produced (at most [`MAX_WAITERS`]).
+    waiters: Vec<Waiter>,
     /// Every event, for the API, the dashboard and hooks.
     events: Arc<events::EventLog>,
     /// Fence rounds, for `GET /v1/fences`.
@@ -464,8 +569,6 @@ struct Shell {
     levels: Vec<String>,
     /// Metrics.
     metrics: Arc<metrics::Metrics>,
-    /// While an API action runs: the events it produced.
-    collect: Option<Vec<Arc<events::ApiEvent>>>,
     /// Hooks (their counters go into the status view).
     hooks: hooks::Hooks,
     /// The heartbeat writers (stopped, and a last record written, on a clean stop).
@@ -497,49 +600,105 @@ impl Shell {
             .observe(secs);
     }
 
+    /// Feeds one input and carries out what follows.
+    async fn input(&mut self, node: &mut Node, input: Input) -> Result<(), DaemonError> {
+        self.observe(&input);
+        node.handle(self.clock.now(), input);
+        self.drain(node).await
+    }
+
+    /// Whether another requester may wait (forgetting those that gave up).
+    fn room_for_waiter(&mut self) -> bool {
+        self.waiters.retain(|w| !w.gone());
+        self.waiters.len() < MAX_WAITERS
+    }
+
+    /// Feeds `cmd` on behalf of a requester who waits for what it produces.
+    async fn request(
+        &mut self,
+        node: &mut Node,
+        cmd: OperatorCommand,
+        reply: Reply,
+    ) -> Result<(), DaemonError> {
+        // Open-ended while the drain runs (nothing else is fed meanwhile), closed after it.
+        self.waiters.push(Waiter {
+            from: self.pipeline.next_seq(),
+            upto: pipeline::Seq::MAX,
+            cascade: false,
+            reply,
+        });
+        node.handle(self.clock.now(), Input::Operator(cmd));
+        let drained = self.drain(node).await;
+        let upto = self.pipeline.next_seq();
+        if let Some(w) = self.waiters.last_mut() {
+            w.upto = upto;
+        }
+        drained?;
+        self.answer_waiters();
+        Ok(())
+    }
+
+    /// Answers every waiter whose outputs have all been carried out.
+    fn answer_waiters(&mut self) {
+        let done = self.pipeline.handed_out_before();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| w.upto <= done);
+        self.waiters = waiting;
+        for w in ready {
+            w.answer();
+        }
+    }
+
+    /// A local self-fence request: answered with the core's answer once it is carried out.
+    async fn self_fence_request(
+        &mut self,
+        node: &mut Node,
+        reply: oneshot::Sender<SelfFenceAnswer>,
+    ) -> Result<(), DaemonError> {
+        if !self.room_for_waiter() {
+            // Dropping the reply tells the requester the node is busy (503), before anything
+            // was done.
+            tracing::warn!(
+                waiting = self.waiters.len(),
+                "local self-fence request refused: too many requests wait for the state file"
+            );
+            return Ok(());
+        }
+        let reply = Reply::SelfFence(None, reply);
+        self.request(node, OperatorCommand::SelfFenceRequest, reply)
+            .await
+    }
+
     /// Carries out one API action: the audit event first, then the core's command; answers
-    /// with every event it produced.
+    /// with every event it produced, once they are all carried out (some may wait for a
+    /// persist).
     async fn action(
         &mut self,
         node: &mut Node,
         action: Action,
         by: &str,
         remote: std::net::SocketAddr,
-    ) -> Result<ActionAnswer, DaemonError> {
+        reply: oneshot::Sender<ActionAnswer>,
+    ) -> Result<(), DaemonError> {
         use axum::http::StatusCode;
-        let cfg = node.config().clone();
-        let resolve = |host: &str| {
-            cfg.roster.id_of(host).ok_or_else(|| {
-                (
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "no member is named {host:?}; the members are {}",
-                        names_of(&cfg).join(", ")
-                    ),
-                )
-            })
+        let (cmd, host) = match operator_command(node, &action) {
+            Ok(c) => c,
+            Err(refusal) => {
+                let _ = reply.send(Err(refusal));
+                return Ok(());
+            }
         };
-        let (cmd, host) = match &action {
-            Action::Arm => (OperatorCommand::Arm, None),
-            Action::Disarm => (OperatorCommand::Disarm, None),
-            Action::Maintenance { host, on } => match resolve(host) {
-                Ok(member) => (
-                    OperatorCommand::Maintenance { member, on: *on },
-                    Some(host.clone()),
+        if !self.room_for_waiter() {
+            let _ = reply.send(Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{} requests are waiting for this node's state file to be written; try again",
+                    self.waiters.len()
                 ),
-                Err(e) => return Ok(Err(e)),
-            },
-            Action::Fence { host } => match resolve(host) {
-                Ok(target) if target == node.status().me => {
-                    return Ok(Err((
-                        StatusCode::CONFLICT,
-                        format!("{host} is this host: ask another member's endpoint to fence it"),
-                    )));
-                }
-                Ok(target) => (OperatorCommand::ManualFence { target }, Some(host.clone())),
-                Err(e) => return Ok(Err(e)),
-            },
-        };
+            )));
+            return Ok(());
+        }
         let name = action.name();
         tracing::warn!(by, %remote, action = name, host = host.as_deref().unwrap_or("-"), "operator action");
         let audit = self.events.publish(
@@ -555,152 +714,224 @@ impl Shell {
             .events
             .get_or_create(&metrics::label("kind", "audit"))
             .inc();
-        self.collect = Some(vec![audit]);
-        node.handle(self.clock.now(), Input::Operator(cmd));
-        let drained = self.drain(node).await;
-        let produced = self.collect.take().unwrap_or_default();
-        drained?;
-        Ok(Ok(produced))
+        self.request(node, cmd, Reply::Action(vec![audit], reply))
+            .await
     }
 
-    /// Carries out every output, in order. A `Persist` is durable before the next output is
-    /// read; fence agents and pill writes run in the background and answer as inputs.
+    /// Takes every output the node has, in order, through the pipeline: carried out now, held
+    /// behind the write in flight, or written (in the background).
     async fn drain(&mut self, node: &mut Node) -> Result<(), DaemonError> {
         while let Some(out) = node.poll_output() {
-            match out {
-                Output::Persist(state) => {
-                    let store = self.store.clone();
-                    tokio::task::spawn_blocking(move || store.save(&state))
-                        .await
-                        .map_err(|e| DaemonError::Io {
-                            what: "persisting durable state".into(),
-                            source: std::io::Error::other(e.to_string()),
-                        })??;
+            let (seq, step) = self.pipeline.push(out, node.generation())?;
+            match step {
+                pipeline::Step::Now(out) => {
+                    self.carry_out(node, seq, out).await?;
                 }
-                Output::Send {
-                    to,
-                    bytes,
-                    reliable,
-                    ..
-                } => self.transport.send(to, bytes, reliable),
-                Output::Fence(cmd) => {
-                    let host = node.config().roster.name(cmd.target).to_owned();
-                    let agent_ok = self
-                        .agents
-                        .get(usize::from(cmd.level))
-                        .is_some_and(Option::is_some);
-                    if !agent_ok {
-                        tracing::error!(target_member = %host, level = cmd.level, "no fence agent for this level");
-                        node.handle(
-                            self.clock.now(),
-                            Input::FenceResult {
-                                id: cmd.id,
-                                result: AgentResult::Failed,
-                            },
-                        );
-                        continue;
-                    }
-                    let (agents, tx) = (self.agents.clone(), self.tx.clone());
-                    let agent_seconds = self.metrics.agent_seconds.clone();
-                    tokio::spawn(async move {
-                        let Some(Some(agent)) = agents.get(usize::from(cmd.level)) else {
-                            return;
-                        };
-                        let out = agent.fence_action(&host, cmd.action, cmd.timeout).await;
-                        let last = &out.last;
-                        tracing::warn!(target_member = %host, level = %agent.cfg.name, action = ?cmd.action,
-                            result = ?out.result, tries = out.tries, code = ?last.code,
-                            elapsed_ms = last.elapsed.as_millis() as u64, output = %last.output,
-                            "fence agent finished");
-                        agent_seconds
-                            .get_or_create(&vec![
-                                ("level", agent.cfg.name.clone()),
-                                ("action", format!("{:?}", cmd.action).to_lowercase()),
-                                ("result", format!("{:?}", out.result).to_lowercase()),
-                            ])
-                            .observe(last.elapsed.as_secs_f64());
-                        let input = Input::FenceResult {
-                            id: cmd.id,
-                            result: out.result,
-                        };
-                        let _ = tx.send(Msg::Input(input)).await;
-                    });
+                pipeline::Step::Write(state) => self.start_write(state),
+                pipeline::Step::Held => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts writing `state` (write, fsync, rename, fsync of the directory) on a blocking
+    /// thread; [`write_done`] reports it.
+    fn start_write(&mut self, state: Box<crate::durable::DurableState>) {
+        debug_assert!(self.write.is_none(), "one state-file write at a time");
+        let store = self.store.clone();
+        self.write = Some(tokio::task::spawn_blocking(move || store.save(&state)));
+    }
+
+    /// The write in flight finished: a failure stops the daemon; otherwise the next state is
+    /// written and what was held behind this one is carried out.
+    async fn written(
+        &mut self,
+        node: &mut Node,
+        done: Result<Result<(), store::StoreError>, JoinError>,
+    ) -> Result<(), DaemonError> {
+        done.map_err(|e| DaemonError::Io {
+            what: "persisting durable state".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        let next = self.pipeline.written();
+        if let Some(state) = next.write {
+            self.start_write(state);
+        }
+        for (seq, out) in next.release {
+            if self.carry_out(node, seq, out).await? {
+                for w in self.waiters.iter_mut().filter(|w| w.covers(seq)) {
+                    w.cascade = true;
                 }
-                Output::WritePill { id, target, qc } => {
-                    let tx = self.tx.clone();
-                    storage::write_pill(node.config().clone(), target, qc, move |ok| {
-                        let _ = tx.blocking_send(Msg::Input(Input::PillWritten { id, ok }));
-                    });
-                }
-                Output::ClearPill { target } => storage::clear_pill(node.config().clone(), target),
-                Output::SelfFence(cmd) => {
-                    tracing::error!(action = actions::action_name(cmd.action), reason = ?cmd.reason,
-                        voters = ?cmd.qc.votes.iter().map(|v| node.config().roster.name(v.voter)).collect::<Vec<_>>(),
-                        "self-fence ordered with a quorum certificate: acting on this host");
-                    actions::execute(&self.local, cmd.action, cmd.reason);
-                }
-                Output::StopHeartbeat { generation } => {
-                    let (cfg, writers, me, boot) = (
-                        node.config().clone(),
-                        self.writers.clone(),
-                        self.me,
-                        self.boot,
-                    );
-                    let paths = cfg.storage.paths.len();
-                    let written = tokio::task::spawn_blocking(move || {
-                        storage::write_stopped(&cfg, me, boot, generation, &writers)
-                    })
+            }
+        }
+        // What the released outputs fed the node, after them (as in the node's order).
+        self.drain(node).await?;
+        let upto = self.pipeline.next_seq();
+        for w in self.waiters.iter_mut().filter(|w| w.cascade) {
+            w.cascade = false;
+            w.upto = w.upto.max(upto);
+        }
+        self.answer_waiters();
+        Ok(())
+    }
+
+    /// Waits for the write in flight and every one after it, carrying out everything held
+    /// (start-up and clean stop; no input is handled meanwhile).
+    async fn flush(&mut self, node: &mut Node) -> Result<(), DaemonError> {
+        while self.write.is_some() {
+            let done = write_done(&mut self.write).await;
+            self.written(node, done).await?;
+        }
+        Ok(())
+    }
+
+    /// Carries out output `seq`. Fence agents and pill writes run in the background and answer
+    /// as inputs. Returns whether it fed the node an input (its outputs are drained after).
+    async fn carry_out(
+        &mut self,
+        node: &mut Node,
+        seq: pipeline::Seq,
+        out: Output,
+    ) -> Result<bool, DaemonError> {
+        match out {
+            Output::Persist(state) => {
+                // The pipeline hands every persist to `start_write`; should one come here, it
+                // is written inline, durable before anything after it, as the contract says.
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.save(&state))
                     .await
-                    .unwrap_or(0);
-                    tracing::info!(
-                        generation,
-                        written,
-                        paths,
-                        "clean-stop record written to this host's heartbeat slots"
+                    .map_err(|e| DaemonError::Io {
+                        what: "persisting durable state".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })??;
+            }
+            Output::Send {
+                to,
+                bytes,
+                reliable,
+                ..
+            } => self.transport.send(to, bytes, reliable),
+            Output::Fence(cmd) => {
+                let host = node.config().roster.name(cmd.target).to_owned();
+                let agent_ok = self
+                    .agents
+                    .get(usize::from(cmd.level))
+                    .is_some_and(Option::is_some);
+                if !agent_ok {
+                    tracing::error!(target_member = %host, level = cmd.level, "no fence agent for this level");
+                    node.handle(
+                        self.clock.now(),
+                        Input::FenceResult {
+                            id: cmd.id,
+                            result: AgentResult::Failed,
+                        },
                     );
+                    return Ok(true);
                 }
-                Output::Watchdog(action) => match (&self.watchdog, action) {
-                    (Some(w), WatchdogAction::Feed) => w.feed(),
-                    (Some(w), WatchdogAction::Stop) => w.stop(),
-                    (None, _) => {}
-                },
-                Output::Event(e) => {
-                    if let Event::SelfFenceRequestAnswered { answer } = &e {
-                        self.answer = Some(*answer);
-                    }
-                    let roster = &node.config().roster;
-                    log_event(roster, &e);
-                    self.history
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .on_event(&e, roster, &self.levels);
-                    let (message, details) = events::describe(&e, roster, &self.levels);
-                    let member = events::member_of(&e).map(|m| roster.name(m).to_owned());
-                    let kind = events::kind_of(&e);
-                    self.metrics
-                        .events
-                        .get_or_create(&metrics::label("kind", kind))
-                        .inc();
-                    let outcome = match &e {
-                        Event::FenceConfirmed { .. } => Some("confirmed"),
-                        Event::FenceFailed { .. } => Some("failed"),
-                        Event::FenceAborted { .. } => Some("aborted"),
-                        _ => None,
+                let (agents, tx) = (self.agents.clone(), self.tx.clone());
+                let agent_seconds = self.metrics.agent_seconds.clone();
+                tokio::spawn(async move {
+                    let Some(Some(agent)) = agents.get(usize::from(cmd.level)) else {
+                        return;
                     };
-                    if let Some(o) = outcome {
-                        self.metrics
-                            .fences
-                            .get_or_create(&metrics::label("outcome", o))
-                            .inc();
-                    }
-                    let ev = self.events.publish(kind, member, message, details);
-                    if let Some(c) = &mut self.collect {
-                        c.push(ev);
+                    let out = agent.fence_action(&host, cmd.action, cmd.timeout).await;
+                    let last = &out.last;
+                    tracing::warn!(target_member = %host, level = %agent.cfg.name, action = ?cmd.action,
+                        result = ?out.result, tries = out.tries, code = ?last.code,
+                        elapsed_ms = last.elapsed.as_millis() as u64, output = %last.output,
+                        "fence agent finished");
+                    agent_seconds
+                        .get_or_create(&vec![
+                            ("level", agent.cfg.name.clone()),
+                            ("action", format!("{:?}", cmd.action).to_lowercase()),
+                            ("result", format!("{:?}", out.result).to_lowercase()),
+                        ])
+                        .observe(last.elapsed.as_secs_f64());
+                    let input = Input::FenceResult {
+                        id: cmd.id,
+                        result: out.result,
+                    };
+                    let _ = tx.send(Msg::Input(input)).await;
+                });
+            }
+            Output::WritePill { id, target, qc } => {
+                let tx = self.tx.clone();
+                storage::write_pill(node.config().clone(), target, qc, move |ok| {
+                    let _ = tx.blocking_send(Msg::Input(Input::PillWritten { id, ok }));
+                });
+            }
+            Output::ClearPill { target } => storage::clear_pill(node.config().clone(), target),
+            Output::SelfFence(cmd) => {
+                tracing::error!(action = actions::action_name(cmd.action), reason = ?cmd.reason,
+                    voters = ?cmd.qc.votes.iter().map(|v| node.config().roster.name(v.voter)).collect::<Vec<_>>(),
+                    "self-fence ordered with a quorum certificate: acting on this host");
+                actions::execute(&self.local, cmd.action, cmd.reason);
+            }
+            Output::StopHeartbeat { generation } => {
+                let (cfg, writers, me, boot) = (
+                    node.config().clone(),
+                    self.writers.clone(),
+                    self.me,
+                    self.boot,
+                );
+                let paths = cfg.storage.paths.len();
+                let written = tokio::task::spawn_blocking(move || {
+                    storage::write_stopped(&cfg, me, boot, generation, &writers)
+                })
+                .await
+                .unwrap_or(0);
+                tracing::info!(
+                    generation,
+                    written,
+                    paths,
+                    "clean-stop record written to this host's heartbeat slots"
+                );
+            }
+            Output::Watchdog(action) => match (&self.watchdog, action) {
+                (Some(w), WatchdogAction::Feed) => w.feed(),
+                (Some(w), WatchdogAction::Stop) => w.stop(),
+                (None, _) => {}
+            },
+            Output::Event(e) => {
+                let roster = &node.config().roster;
+                log_event(roster, &e);
+                self.history
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_event(&e, roster, &self.levels);
+                let (message, details) = events::describe(&e, roster, &self.levels);
+                let member = events::member_of(&e).map(|m| roster.name(m).to_owned());
+                let kind = events::kind_of(&e);
+                self.metrics
+                    .events
+                    .get_or_create(&metrics::label("kind", kind))
+                    .inc();
+                let outcome = match &e {
+                    Event::FenceConfirmed { .. } => Some("confirmed"),
+                    Event::FenceFailed { .. } => Some("failed"),
+                    Event::FenceAborted { .. } => Some("aborted"),
+                    _ => None,
+                };
+                if let Some(o) = outcome {
+                    self.metrics
+                        .fences
+                        .get_or_create(&metrics::label("outcome", o))
+                        .inc();
+                }
+                let ev = self.events.publish(kind, member, message, details);
+                for w in self.waiters.iter_mut().filter(|w| w.covers(seq)) {
+                    match &mut w.reply {
+                        Reply::Action(events, _) => events.push(ev.clone()),
+                        Reply::SelfFence(answer, _) => {
+                            if let Event::SelfFenceRequestAnswered { answer: a } = &e {
+                                *answer = Some(*a);
+                            }
+                        }
                     }
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -880,6 +1111,11 @@ fn status(node: &Node, shell: &Shell, addresses: &[std::net::SocketAddr]) -> ser
         "fence_levels": shell.levels,
         "events": {"first_seq": shell.events.bounds().0, "next_seq": shell.events.bounds().1},
         "hooks": shell.hooks.stats(),
+        "state_file": {
+            "writing": shell.pipeline.writing(),
+            "held": shell.pipeline.held(),
+            "durable_generation": shell.pipeline.durable_generation(),
+        },
     })
 }
 
