@@ -550,7 +550,7 @@ fn random(s: &mut Setup) {
         let at = s.at(15, 90);
         let h = s.host();
         let back = at + s.rng.random_range(5 * SEC..=40 * SEC);
-        match s.rng.random_range(0..17) {
+        match s.rng.random_range(0..21) {
             0 => s.fault(at, Fault::CrashHost(h)),
             1 => {
                 s.fault(at, Fault::CrashDaemon(h));
@@ -696,6 +696,38 @@ fn random(s: &mut Setup) {
                 }
             }
             16 => s.fault(at, Fault::PowerLoss(h)),
+            17 => {
+                // A stall of the node task (slow fsync) or of the whole process (SIGSTOP).
+                let us = s.rng.random_range(500 * MS..=12 * SEC);
+                if s.rng.random_bool(0.5) {
+                    s.fault(at, Fault::StallNode(h, us));
+                } else {
+                    s.fault(at, Fault::StallProcess(h, us));
+                }
+            }
+            18 => {
+                // A slow disk for the state file, for a while.
+                let lo = s.rng.random_range(10 * MS..=800 * MS);
+                s.fault(at, Fault::DiskLatency(h, lo, lo * 2));
+                s.fault(back, Fault::DiskLatency(h, 0, 0));
+            }
+            19 => {
+                // The state file is lost (a replaced disk).
+                let after = s.rng.random_range(SEC..=10 * SEC);
+                s.fault(at, Fault::WipeDisk(h, after));
+            }
+            20 => {
+                // The out-of-band network cannot reach one BMC from some members.
+                let k = s.rng.random_range(1..n);
+                let from: Vec<usize> = s
+                    .distinct(n)
+                    .into_iter()
+                    .filter(|&x| x != h)
+                    .take(k)
+                    .collect();
+                s.fault(at, Fault::BmcUnreachable { bmc: h, from });
+                s.fault(back, Fault::BmcHeal);
+            }
             11 => {
                 // A clean stop (VMs run on); sometimes the daemon comes back.
                 s.fault(at, Fault::StopDaemon(h));

@@ -386,6 +386,9 @@ pub struct Host {
     durable_generation: u32,
     /// Persist latency range, µs.
     persist_latency_us: (u64, u64),
+    /// Ground truth: the last true time this host's node task was blocked (stalled, or waiting
+    /// for a blocking persist).
+    pub blocked_at: Option<u64>,
     /// With a per-process daemon clock: the host-clock reading the daemon's clock starts from.
     proc_origin: Option<Instant>,
     /// Ground truth: the highest daemon generation this host has run (reuse is a bug).
@@ -783,6 +786,7 @@ impl World {
                     durable_generation: 0,
                     persist_latency_us: spec.params.persist_latency_us,
                     proc_origin: None,
+                    blocked_at: None,
                     max_generation: 0,
                     bmc_unreachable_from: Vec::new(),
                 }
@@ -1299,8 +1303,6 @@ impl World {
             return;
         };
         node.handle(local, input);
-        let g = node.generation();
-        hs.max_generation = hs.max_generation.max(g);
         self.drain(h);
     }
 
@@ -1315,6 +1317,7 @@ impl World {
     /// Blocks `h`'s node task until true time `until` (a stall, or a blocking persist).
     fn block(&mut self, h: usize, until: u64) {
         let hs = &mut self.hosts[h];
+        hs.blocked_at = Some(until);
         let until = hs.blocked_until.map_or(until, |u| u.max(until));
         hs.blocked_until = Some(until);
         let epoch = hs.epoch;
@@ -1334,6 +1337,7 @@ impl World {
         hs.process_stalled = false;
         if force && let Some((state, _)) = hs.persist_inflight.take() {
             hs.durable_generation = state.generation;
+            hs.max_generation = hs.max_generation.max(state.generation);
             hs.disk = Some(*state);
         }
         self.release_pending(h);
@@ -1358,6 +1362,7 @@ impl World {
             return;
         };
         hs.durable_generation = state.generation;
+        hs.max_generation = hs.max_generation.max(state.generation);
         hs.disk = Some(*state);
         match self.params.persist_mode {
             PersistMode::Blocking => self.unblock(h, true),
@@ -1511,6 +1516,7 @@ impl World {
         match o {
             Output::Persist(state) => {
                 self.hosts[h].durable_generation = state.generation;
+                self.hosts[h].max_generation = self.hosts[h].max_generation.max(state.generation);
                 self.hosts[h].disk = Some(*state);
             }
             Output::Send {
@@ -1866,10 +1872,12 @@ impl World {
             return;
         }
         let timeout = self.cfg.storage.write_timeout.as_micros() as u64;
+        // The generation on disk: one that is not yet durable must not leave (a crash before its
+        // persist would start with it again).
         let generation = self.hosts[h]
             .node
             .as_ref()
-            .map(|n| n.generation())
+            .map(|n| n.generation().min(self.hosts[h].durable_generation))
             .unwrap_or(0);
         self.hosts[h].hb_counter += 1;
         let record = HeartbeatRecord {

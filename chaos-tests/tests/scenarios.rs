@@ -211,6 +211,12 @@ fn voter_restarted_during_fence() {
     run_seam("voter-restarted-during-fence");
 }
 
+/// Issue 10 §5: a stalled proposer or executor never makes two fences in flight.
+#[test]
+fn proposer_stall() {
+    run_seam("proposer-stall");
+}
+
 #[test]
 fn random() {
     run("random");

@@ -422,7 +422,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             _ = tokio::time::sleep_until(deadline) => shell.input(&mut node, Input::Tick).await?,
             done = write_done(&mut shell.write) => shell.written(&mut node, done).await?,
         }
-        generation.store(node.generation(), Ordering::SeqCst);
+        // The heartbeat writers put the generation in every record: only one that is on disk
+        // (a daemon that crashed before persisting it would start with it again).
+        generation.store(
+            shell.pipeline.durable_generation().min(node.generation()),
+            Ordering::SeqCst,
+        );
     }
     tracing::info!("leaving the cluster");
     node.handle(clock.now(), Input::Shutdown);

@@ -440,8 +440,11 @@ impl Node {
         if c.target == self.me && c.origin != self.me {
             // Asked directly (origin is the sender) or through the relay `from`: answer the way
             // the probe came.
-            // A member that lost its state cannot know whether it had turned against this boot.
-            let vouch = !self.against(c.origin, c.boot) && !self.recovering();
+            // A member that lost its state cannot know whether it had turned against this boot,
+            // until every attempt under a promise it may have granted is over (a promise
+            // lifetime covers the round and the whole attempt, pill deadline included).
+            let forgot = self.durable.votes_from.is_some_and(|t| self.now < t);
+            let vouch = !self.against(c.origin, c.boot) && !forgot;
             let ack = ContactAck {
                 origin: c.origin,
                 voucher: self.me,

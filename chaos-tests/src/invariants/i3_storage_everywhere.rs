@@ -51,6 +51,14 @@ impl Check {
                 + ctx.cfg.watchdog.contact_interval
                 + ctx.cfg.watchdog.feed_interval,
         );
+        // A daemon whose own node task stalled (a hung fsync, SIGSTOP) could not feed: being
+        // reset for it is what the watchdog is for.
+        if ctx.hosts[host]
+            .blocked_at
+            .is_some_and(|t| t + window >= ctx.now)
+        {
+            return Vec::new();
+        }
         if ctx.minority_at[host].is_some_and(|t| t + window >= ctx.now) {
             return Vec::new();
         }
