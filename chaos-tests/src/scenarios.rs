@@ -1189,6 +1189,38 @@ fn proposer_stall(s: &mut Setup) {
     }
 }
 
+/// Shared storage is lost everywhere while the network is split into two groups that reach each
+/// other only through one bridge host (the smaller group cannot make a quorum by itself). Every
+/// host can still exchange contact probes with a quorum through one relay, the bridge, so no
+/// watchdog may reset anyone (I3).
+fn bridged_storage_loss(s: &mut Setup) {
+    s.duration_us = 90 * SEC;
+    let n = s.nodes;
+    let order = s.distinct(n);
+    let bridge = order[0];
+    let small = (n - 1) / 3;
+    let a: Vec<usize> = order[1..=small].to_vec();
+    let b: Vec<usize> = order[small + 1..].to_vec();
+    let at = s.at(20, 25);
+    for &x in &a {
+        for &y in &b {
+            s.fault(at, Fault::BlockLink(x, y));
+            s.fault(at, Fault::BlockLink(y, x));
+        }
+    }
+    let all: Vec<usize> = (0..n).collect();
+    s.fault(
+        at + SEC,
+        Fault::Storage {
+            hosts: all,
+            path: None,
+            mode: StorageMode::Hang,
+            until_reboot: false,
+        },
+    );
+    s.victims = vec![bridge];
+}
+
 fn expect_invariants_only(_s: &Setup, _r: &RunResult) -> Vec<String> {
     Vec::new()
 }
@@ -1370,6 +1402,14 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: proposer_stall,
         expect: expect_victims_confirmed,
+    },
+    Scenario {
+        name: "bridged-storage-loss",
+        about: "storage lost everywhere while two groups reach each other only through one bridge host: vouches travel through the bridge, no watchdog resets anyone, nobody is fenced",
+        default_nodes: 15,
+        min_nodes: 7,
+        build: bridged_storage_loss,
+        expect: expect_quiet,
     },
     Scenario {
         name: "random",
