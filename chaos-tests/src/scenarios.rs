@@ -1221,6 +1221,35 @@ fn bridged_storage_loss(s: &mut Setup) {
     s.victims = vec![bridge];
 }
 
+/// A host panics with its BMC dead: the poison-pill level runs. While its fence waits for the
+/// watchdog deadline, every other daemon restarts (a cluster-wide upgrade). The host's watchdog
+/// resets it and it comes back with a new boot id: its old boot must still be announced safe to
+/// recover, by the restarted members.
+fn cluster_restart_during_pill(s: &mut Setup) {
+    s.duration_us = 150 * SEC;
+    let v = s.host();
+    let at = s.at(20, 25);
+    s.fault(at - SEC, Fault::Bmc(v, BmcMode::Fail));
+    s.fault(at, Fault::CrashHost(v));
+    s.expected_crashes.push((v, at, Some(120 * SEC)));
+    s.victims = vec![v];
+    // The pill is written about 6 s after the crash and waits about 20 s; its watchdog resets
+    // it about 10 s after the crash and it boots 10 s later. The daemons restart so that it
+    // comes back during their start-up quiet period (before they judge anyone again), while
+    // the pill's deadline still runs.
+    s.params.boot_delay_us = (10 * SEC, 10 * SEC);
+    let restart = at + s.rng.random_range(12 * SEC..=16 * SEC);
+    for h in (0..s.nodes).filter(|&h| h != v) {
+        let back = restart + s.rng.random_range(500 * MS..=3 * SEC);
+        if s.rng.random_bool(0.5) {
+            s.fault(restart, Fault::StopDaemon(h));
+        } else {
+            s.fault(restart, Fault::CrashDaemon(h));
+        }
+        s.fault(back, Fault::RestartDaemon(h));
+    }
+}
+
 fn expect_invariants_only(_s: &Setup, _r: &RunResult) -> Vec<String> {
     Vec::new()
 }
@@ -1410,6 +1439,14 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 7,
         build: bridged_storage_loss,
         expect: expect_quiet,
+    },
+    Scenario {
+        name: "cluster-restart-during-pill",
+        about: "a host panics with its BMC dead; while its poison-pill fence waits, every other daemon restarts; its watchdog resets it and the new boot id confirms it: its old boot is announced safe to recover within 120 s",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: cluster_restart_during_pill,
+        expect: expect_victims_confirmed,
     },
     Scenario {
         name: "random",

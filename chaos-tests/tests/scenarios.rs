@@ -217,6 +217,20 @@ fn proposer_stall() {
     run_seam("proposer-stall");
 }
 
+/// Issue 10 §8: a host rebooted while every daemon restarted is still announced safe to recover.
+#[test]
+fn cluster_restart_during_pill() {
+    let s = run_seam("cluster-restart-during-pill");
+    assert!(s.safe_to_recover_total >= s.runs);
+}
+
+/// Issue 10 §8: vouches travel through the one bridge between two groups.
+#[test]
+fn bridged_storage_loss() {
+    let s = run_seam("bridged-storage-loss");
+    assert_eq!(s.watchdog_resets_total, 0);
+}
+
 #[test]
 fn random() {
     run("random");

@@ -483,6 +483,24 @@ impl Node {
             self.confirmed(m, old, evidence);
             return;
         }
+        // An attempt this node ran before it restarted (durable), or a promise it granted for a
+        // fence of that boot: it judged the old boot dead before the restart, which a node in
+        // its quiet period has not yet done again.
+        let interrupted = self
+            .interrupted
+            .iter()
+            .any(|i| i.proposal.target == m && i.proposal.target_boot == old);
+        let promised = self
+            .durable
+            .promise_for(m)
+            .is_some_and(|p| p.proposal.target_boot == old && p.proposal.kind.stops_vms());
+        if interrupted || promised {
+            if interrupted {
+                self.end_interrupted(m, old, OutcomeResult::Confirmed(evidence));
+            }
+            self.confirmed(m, old, evidence);
+            return;
+        }
         // No fence ran to completion, but this node judged the host dead in `old` (its watchdog
         // or an operator rebooted it): the old boot's VMs are gone all the same, and the cloud
         // may recover them. Nothing is recorded as fenced and no budget is spent.
@@ -527,46 +545,55 @@ impl Node {
             .collect();
     }
 
+    /// Ends the interrupted attempt on `target`'s `boot` with `result`: recorded, released,
+    /// its pill cleared, its outcome sent.
+    fn end_interrupted(&mut self, target: MemberId, boot: BootId, result: OutcomeResult) {
+        let Some(pos) = self
+            .interrupted
+            .iter()
+            .position(|i| i.proposal.target == target && i.proposal.target_boot == boot)
+        else {
+            return;
+        };
+        let i = self.interrupted.remove(pos);
+        if let Some(r) = self
+            .durable
+            .fence_log
+            .iter_mut()
+            .find(|r| r.qc.proposal == i.proposal && r.outcome.is_none())
+        {
+            r.outcome = Some(result);
+        }
+        self.durable.news_outcome(&i.proposal, result);
+        self.durable.release(&i.proposal);
+        self.dirty = true;
+        self.persist();
+        if i.pill_written {
+            self.out.push_back(Output::ClearPill {
+                target: i.proposal.target,
+            });
+        }
+        let outcome = FenceOutcome {
+            proposal: i.proposal,
+            attempt: i.attempt,
+            result,
+        };
+        self.send_all(Message::Outcome(outcome), true);
+        self.swim
+            .broadcast(&peerfence_proto::Broadcast::Outcome(outcome));
+    }
+
     /// Ends interrupted attempts whose deadline passed: they failed, and voters may now release.
     pub(super) fn progress_interrupted(&mut self) {
         let now = self.now;
-        let due: Vec<Interrupted> = self
+        let due: Vec<(MemberId, BootId)> = self
             .interrupted
             .iter()
             .filter(|i| now >= i.deadline)
-            .copied()
+            .map(|i| (i.proposal.target, i.proposal.target_boot))
             .collect();
-        if due.is_empty() {
-            return;
-        }
-        self.interrupted.retain(|i| now < i.deadline);
-        for i in due {
-            let result = OutcomeResult::Failed(FailReason::Interrupted);
-            if let Some(r) = self
-                .durable
-                .fence_log
-                .iter_mut()
-                .find(|r| r.qc.proposal == i.proposal && r.outcome.is_none())
-            {
-                r.outcome = Some(result);
-            }
-            self.durable.news_outcome(&i.proposal, result);
-            self.durable.release(&i.proposal);
-            self.dirty = true;
-            self.persist();
-            if i.pill_written {
-                self.out.push_back(Output::ClearPill {
-                    target: i.proposal.target,
-                });
-            }
-            let outcome = FenceOutcome {
-                proposal: i.proposal,
-                attempt: i.attempt,
-                result,
-            };
-            self.send_all(Message::Outcome(outcome), true);
-            self.swim
-                .broadcast(&peerfence_proto::Broadcast::Outcome(outcome));
+        for (target, boot) in due {
+            self.end_interrupted(target, boot, OutcomeResult::Failed(FailReason::Interrupted));
         }
     }
 }
