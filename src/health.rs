@@ -186,6 +186,23 @@ impl LocalHealth {
         config.storage.heartbeat_interval * 3 + config.storage.write_timeout * 2
     }
 
+    /// This host's daemon did not run for a while: what was measured across the gap (writes
+    /// that timed out while their reporting thread was stopped, silence) is not evidence. Every
+    /// path's clock starts over from `now`: silence across the gap is not a stuck writer, and a
+    /// failing path stays failed (not healthy) but must keep failing for a whole grace period
+    /// from now before a self-fence is asked for.
+    pub fn restart_measurement(&mut self, now: Instant) {
+        for p in &mut self.paths {
+            if p.consecutive_failures > 0 {
+                p.failing_since = Some(now);
+            }
+            if p.unverified_since.is_some() {
+                p.unverified_since = Some(now);
+            }
+            p.last_report = Some(now);
+        }
+    }
+
     /// Records a management agent check.
     pub fn record_agent(&mut self, alive: bool) {
         self.agent = if alive {
@@ -470,5 +487,31 @@ mod tests {
         let cfg = config(5);
         let mut h = LocalHealth::new(&cfg, at(0.0));
         assert!(!h.record_write(at(1.0), 7, WriteOutcome::Failed, 1));
+    }
+
+    /// Issue 10 §7: after a stall of the host itself, what was measured across the gap is not
+    /// evidence: a path silent for the gap is not failed, a failing one must fail a whole grace
+    /// period again from the end of the stall.
+    #[test]
+    fn a_stall_of_the_host_itself_restarts_the_measurement() {
+        let cfg = config(5);
+        let mut h = LocalHealth::new(&cfg, at(0.0));
+        shared_write(&cfg, &mut h, 1.0, 1, WriteOutcome::Ok { latency: ms(5) });
+        // Frozen from 2 s to 60 s: no report at all.
+        assert_eq!(
+            h.path_health(&cfg, at(60.0), 0),
+            StorageHealth::Failed,
+            "silence"
+        );
+        h.restart_measurement(at(60.0));
+        assert_ne!(h.path_health(&cfg, at(60.0), 0), StorageHealth::Failed);
+        // A path that was failing before the stall stays failed, its grace restarted.
+        for (i, t) in [61.0, 62.0, 63.0].into_iter().enumerate() {
+            h.record_write(at(t), 0, WriteOutcome::Failed, 10 + i as u64);
+        }
+        assert_eq!(h.all_failed_since(&cfg, at(63.0)), Some(at(61.0)));
+        h.restart_measurement(at(90.0));
+        assert_eq!(h.path_health(&cfg, at(90.0), 0), StorageHealth::Failed);
+        assert_eq!(h.all_failed_since(&cfg, at(90.0)), Some(at(90.0)));
     }
 }

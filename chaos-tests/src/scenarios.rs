@@ -1250,6 +1250,31 @@ fn cluster_restart_during_pill(s: &mut Setup) {
     }
 }
 
+/// A host's whole daemon is frozen for a minute (SIGSTOP, a paused VM) and resumed; no
+/// watchdog is configured and its BMC fails, so nobody can fence it meanwhile. Write failures
+/// measured across its own stall are not evidence of a storage fault: after waking it measures
+/// again, finds its storage fine, and never asks to fence itself.
+fn frozen_and_resumed(s: &mut Setup) {
+    s.duration_us = 130 * SEC;
+    s.raw.watchdog.enabled = Some(false);
+    s.raw.fencing.levels = Some(vec![RawLevel::agent("bmc", "10s")]);
+    let v = s.host();
+    let at = s.at(20, 25);
+    s.fault(at, Fault::Bmc(v, BmcMode::Fail));
+    let us = s.rng.random_range(20 * SEC..=60 * SEC);
+    s.fault(at, Fault::StallProcess(v, us));
+    s.victims = vec![v];
+}
+
+fn expect_no_self_fence(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    no_self_fences(r, &mut out);
+    if r.confirmations.keys().any(|(h, _)| *h == s.victims[0]) {
+        out.push(format!("h{} was announced safe to recover", s.victims[0]));
+    }
+    out
+}
+
 fn expect_invariants_only(_s: &Setup, _r: &RunResult) -> Vec<String> {
     Vec::new()
 }
@@ -1447,6 +1472,14 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: cluster_restart_during_pill,
         expect: expect_victims_confirmed,
+    },
+    Scenario {
+        name: "frozen-and-resumed",
+        about: "a daemon process is frozen for 20-60 s (no watchdog, BMC failing) and resumed: it measures its storage again before acting and never asks to fence itself",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: frozen_and_resumed,
+        expect: expect_no_self_fence,
     },
     Scenario {
         name: "random",

@@ -231,6 +231,13 @@ fn bridged_storage_loss() {
     assert_eq!(s.watchdog_resets_total, 0);
 }
 
+/// Issue 10 §7: a host frozen and resumed measures again before asking to fence itself.
+#[test]
+fn frozen_and_resumed() {
+    let s = run_seam("frozen-and-resumed");
+    assert_eq!(s.self_fence_actions_total, 0);
+}
+
 #[test]
 fn random() {
     run("random");

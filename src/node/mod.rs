@@ -87,6 +87,9 @@ pub struct Stats {
     /// Inputs whose `now` was earlier than a previous one (clamped), and starts in the same boot
     /// whose clock read less than the last persisted instant (stored instants re-armed).
     pub clock_went_backwards: u64,
+    /// Gaps between two inputs long enough to mean this node itself stalled (its storage is
+    /// then measured again before it acts on it).
+    pub stalls: u64,
 }
 
 impl Stats {
@@ -346,6 +349,13 @@ impl Node {
         if now < self.now {
             self.stats.clock_went_backwards += 1;
         } else {
+            if now.saturating_since(self.now) > self.stall_gap() && !self.stopped {
+                // This node did not run for a while (SIGSTOP, a paused VM, a hung fsync): the
+                // failures its storage threads report across that gap measured the stall, not
+                // the storage. Measure again before acting on them.
+                self.local.restart_measurement(now);
+                self.stats.stalls += 1;
+            }
             self.now = now;
         }
         if self.stopped {
@@ -639,6 +649,12 @@ impl Node {
     fn next_command_id(&mut self) -> CommandId {
         self.next_command += 1;
         self.next_command
+    }
+
+    /// A gap between two inputs longer than this means the node itself stalled: it is fed a
+    /// tick every [`TICK`] and a storage report every heartbeat interval.
+    fn stall_gap(&self) -> Duration {
+        self.cfg.storage.write_timeout.max(Duration::from_secs(1))
     }
 
     /// Whether this node lost its state and still waits out what it may have promised or
