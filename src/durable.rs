@@ -108,6 +108,9 @@ pub struct NewsRecord {
 /// show (a generation can run for less than a heartbeat interval and never be written there).
 pub const RECOVER_GENERATION_MARGIN: u32 = 16;
 
+/// Pending pill clears kept at most (one per member of the largest cluster, twice).
+pub const PILLS_TO_CLEAR_MAX: usize = 256;
+
 /// Fence news kept at most (two full budgets).
 pub const NEWS_MAX: usize = 64;
 
@@ -153,6 +156,10 @@ pub struct DurableState {
     pub roster: Vec<String>,
     /// Members whose daemons stopped cleanly, at most one per member.
     pub left: Vec<LeftMember>,
+    /// Pills this node wrote (or found stale) that still have to be cleared, by their attempt:
+    /// a pill left behind would fence its target when it next reads its slot. At most
+    /// [`PILLS_TO_CLEAR_MAX`]; retried until cleared, across restarts.
+    pub pills_to_clear: Vec<(MemberId, Proposal)>,
     /// Recent fences (certificates and outcomes), newest last, at most [`NEWS_MAX`], none older
     /// than the budget window.
     pub news: VecDeque<NewsRecord>,
@@ -221,6 +228,7 @@ impl DurableState {
             round_counter: 0,
             roster: Vec::new(),
             left: Vec::new(),
+            pills_to_clear: Vec::new(),
             news: VecDeque::new(),
             recovering: false,
             votes_need_news: false,
@@ -388,6 +396,10 @@ impl DurableState {
         // Certificates name members by roster index and were signed under the old roster's
         // digest: they no longer verify. Forget them.
         self.news.clear();
+        self.pills_to_clear = std::mem::take(&mut self.pills_to_clear)
+            .into_iter()
+            .filter_map(|(t, p)| Some((m(t)?, mp(&p)?)))
+            .collect();
         self.left = std::mem::take(&mut self.left)
             .into_iter()
             .filter_map(|mut l| {

@@ -1275,6 +1275,54 @@ fn expect_no_self_fence(s: &Setup, r: &RunResult) -> Vec<String> {
     out
 }
 
+/// A host loses power for good with its BMC dead: the poison-pill level runs. Just before the
+/// deadline every survivor's storage fails for 10-30 s: the attempt fails and its pill cannot
+/// be cleared. When the storage is back the clear is retried and succeeds; no pill is left for
+/// a later boot to find (and the host is fenced by a later attempt).
+fn pill_clear_retried(s: &mut Setup) {
+    s.duration_us = 200 * SEC;
+    let v = s.host();
+    let at = s.at(20, 25);
+    s.fault(at - SEC, Fault::Bmc(v, BmcMode::Fail));
+    s.fault(at, Fault::PowerLoss(v));
+    let others: Vec<usize> = (0..s.nodes).filter(|&h| h != v).collect();
+    let fail = at + s.rng.random_range(20 * SEC..=24 * SEC);
+    let back = fail + s.rng.random_range(10 * SEC..=30 * SEC);
+    s.fault(
+        fail,
+        Fault::Storage {
+            hosts: others.clone(),
+            path: None,
+            mode: StorageMode::Fail,
+            until_reboot: false,
+        },
+    );
+    s.fault(
+        back,
+        Fault::Storage {
+            hosts: others,
+            path: None,
+            mode: StorageMode::Ok,
+            until_reboot: false,
+        },
+    );
+    s.victims = vec![v];
+}
+
+fn expect_no_pill_left(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    only_fenced(r, &s.victims, &mut out);
+    if confirmed(r, s.victims[0]).is_none() {
+        out.push(format!("h{} was never confirmed", s.victims[0]));
+    }
+    for (p, h) in &r.pills_left {
+        out.push(format!(
+            "a pill is left in h{h}'s slot on path {p} at the end"
+        ));
+    }
+    out
+}
+
 fn expect_invariants_only(_s: &Setup, _r: &RunResult) -> Vec<String> {
     Vec::new()
 }
@@ -1480,6 +1528,14 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: frozen_and_resumed,
         expect: expect_no_self_fence,
+    },
+    Scenario {
+        name: "pill-clear-retried",
+        about: "a host is off for good with its BMC dead; the survivors' storage fails just before the pill deadline: the attempt fails, its pill cannot be cleared; once the storage is back the clear is retried and no pill is left; the host is fenced by a later attempt",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: pill_clear_retried,
+        expect: expect_no_pill_left,
     },
     Scenario {
         name: "random",

@@ -511,6 +511,12 @@ enum Ev {
         id: u64,
         ok: bool,
     },
+    PillCleared {
+        host: usize,
+        epoch: u64,
+        id: u64,
+        ok: bool,
+    },
     PillLand {
         path: usize,
         target: usize,
@@ -630,6 +636,8 @@ pub struct RunResult {
     /// At the end of the run, per running daemon: its HA state of every member (by index; its
     /// own entry is `None`) and the budget slots it counts as used.
     pub final_views: BTreeMap<usize, (Vec<Option<HaState>>, usize)>,
+    /// At the end of the run: (path, host) of every pill left in a shared slot.
+    pub pills_left: Vec<(usize, usize)>,
 }
 
 impl RunResult {
@@ -891,6 +899,13 @@ impl World {
             }
             self.result.final_views.insert(h, (ha, st.budget_used));
         }
+        for (p, slots) in self.storage.pill.iter().enumerate() {
+            for (h, pill) in slots.iter().enumerate() {
+                if pill.is_some() {
+                    self.result.pills_left.push((p, h));
+                }
+            }
+        }
         let result = std::mem::take(&mut self.result);
         let found = check!(self.finish(&result));
         self.result = result;
@@ -979,6 +994,12 @@ impl World {
                 id,
                 ok,
             } => self.feed_instance(host, epoch, Input::PillWritten { id, ok }),
+            Ev::PillCleared {
+                host,
+                epoch,
+                id,
+                ok,
+            } => self.feed_instance(host, epoch, Input::PillCleared { id, ok }),
             Ev::PillLand { path, target, qc } => {
                 self.storage.pill[path][target] = qc;
             }
@@ -1544,7 +1565,11 @@ impl World {
                 self.push_violations(found);
                 self.write_pill(h, id, target.index(), Some(qc));
             }
-            Output::ClearPill { target } => self.write_pill(h, 0, target.index(), None),
+            Output::ClearPill {
+                id,
+                target,
+                proposal,
+            } => self.clear_pill(h, id, target.index(), proposal),
             Output::SelfFence(cmd) => self.self_fence(h, cmd),
             Output::Watchdog(WatchdogAction::Feed) => {
                 if self.cfg.watchdog.enabled {
@@ -1752,6 +1777,36 @@ impl World {
                 },
             );
         }
+    }
+
+    /// Removes `target`'s pill where it is still the one of `proposal`, on every path `h` can
+    /// write; answers whether every path is clear of it.
+    fn clear_pill(&mut self, h: usize, id: u64, target: usize, proposal: Proposal) {
+        let epoch = self.hosts[h].epoch;
+        let mut ok = true;
+        for path in 0..self.storage.hb.len() {
+            let slot = match self.hosts[h].storage[path] {
+                StorageMode::Ok | StorageMode::Slow { .. } => &mut self.storage.pill[path][target],
+                StorageMode::Private { .. } => &mut self.hosts[h].private[path].pill[target],
+                StorageMode::Fail | StorageMode::Hang => {
+                    ok = false;
+                    continue;
+                }
+            };
+            if slot.as_ref().is_some_and(|qc| qc.proposal == proposal) {
+                *slot = None;
+            }
+        }
+        let lat = self.rng.random_range(MS..=30 * MS);
+        self.after(
+            lat,
+            Ev::PillCleared {
+                host: h,
+                epoch,
+                id,
+                ok,
+            },
+        );
     }
 
     fn self_fence(&mut self, h: usize, cmd: SelfFenceCommand) {

@@ -238,6 +238,12 @@ fn frozen_and_resumed() {
     assert_eq!(s.self_fence_actions_total, 0);
 }
 
+/// Issue 10 §7: a pill whose clear failed is cleared once the storage answers again.
+#[test]
+fn pill_clear_retried() {
+    run_seam("pill-clear-retried");
+}
+
 #[test]
 fn random() {
     run("random");

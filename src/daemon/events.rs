@@ -206,6 +206,7 @@ pub fn kind_of(e: &Event) -> &'static str {
         Event::SelfFenceRequestAnswered { .. } => "self_fence_request_answered",
         Event::EligibilityChanged { .. } => "eligibility_changed",
         Event::MemberLeft { .. } => "member_left",
+        Event::PillNotCleared { .. } => "pill_not_cleared",
         Event::MemberReturned { .. } => "member_returned",
     }
 }
@@ -220,6 +221,7 @@ pub fn member_of(e: &Event) -> Option<MemberId> {
         | Event::HostFoundOff { member }
         | Event::MaintenanceChanged { member, .. }
         | Event::MemberLeft { member, .. }
+        | Event::PillNotCleared { target: member }
         | Event::MemberReturned { member, .. } => *member,
         Event::WouldFence { target, .. }
         | Event::FenceConfirmed { target, .. }
@@ -541,6 +543,13 @@ pub fn describe(e: &Event, roster: &Roster, levels: &[String]) -> (String, Value
                 Some(i) => format!("this host may not propose or vote: {i:?}"),
             },
             json!({"ineligible": ineligible.map(|i| format!("{i:?}"))}),
+        ),
+        Event::PillNotCleared { target } => (
+            format!(
+                "the poison pill in {}'s slot could not be cleared after ten tries; peerfence keeps trying every minute: check the shared storage (or remove HOST.pill by hand once the fence is over)",
+                name(target)
+            ),
+            json!({}),
         ),
         Event::MemberLeft { member, generation } => (
             format!(

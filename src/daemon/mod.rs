@@ -865,7 +865,16 @@ impl Shell {
                     let _ = tx.blocking_send(Msg::Input(Input::PillWritten { id, ok }));
                 });
             }
-            Output::ClearPill { target } => storage::clear_pill(node.config().clone(), target),
+            Output::ClearPill {
+                id,
+                target,
+                proposal,
+            } => {
+                let tx = self.tx.clone();
+                storage::clear_pill(node.config().clone(), target, proposal, move |ok| {
+                    let _ = tx.blocking_send(Msg::Input(Input::PillCleared { id, ok }));
+                });
+            }
             Output::SelfFence(cmd) => {
                 tracing::error!(action = actions::action_name(cmd.action), reason = ?cmd.reason,
                     voters = ?cmd.qc.votes.iter().map(|v| node.config().roster.name(v.voter)).collect::<Vec<_>>(),

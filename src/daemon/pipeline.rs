@@ -346,7 +346,17 @@ mod tests {
                 vote(1),
                 Output::Watchdog(crate::node::WatchdogAction::Feed),
                 Output::ClearPill {
+                    id: 7,
                     target: MemberId(2),
+                    proposal: peerfence_proto::Proposal {
+                        target: MemberId(2),
+                        target_boot: peerfence_proto::BootId([2; 16]),
+                        proposer: MemberId(0),
+                        round: peerfence_proto::Round::new(1, 1),
+                        kind: peerfence_proto::FenceKind::Fence,
+                        budget_slot: Some(0),
+                        lane: 0,
+                    },
                 },
                 Output::StopHeartbeat { generation: 1 },
                 event(),

@@ -219,41 +219,46 @@ pub fn write_pill(
     }
 }
 
-/// Removes `target`'s pill slot on every path, on a thread of its own. Each try is bounded by
-/// `storage.write_timeout`; a path that fails is tried again with back-off (1 s doubling to
-/// 16 s, at most [`PILL_CLEAR_TRIES`] tries), since a pill left behind for a host that was
-/// found alive would fence it when it next reads its slot.
-pub fn clear_pill(cfg: Arc<Config>, target: MemberId) {
-    let _ = std::thread::Builder::new()
+/// Removes `target`'s pill slot on every path where it still holds the pill of `proposal` (a
+/// newer attempt's pill, written meanwhile, stays), on a thread of its own, each path bounded by
+/// `storage.write_timeout`. `done(true)` when no path holds that pill any more. One try: the
+/// node keeps the clear durably and asks again, with back-off, until it succeeds.
+pub fn clear_pill(
+    cfg: Arc<Config>,
+    target: MemberId,
+    proposal: peerfence_proto::Proposal,
+    done: impl FnOnce(bool) + Send + 'static,
+) {
+    let spawned = std::thread::Builder::new()
         .name("pf-pill-clear".into())
         .spawn(move || {
+            let mut ok = true;
             for dir in &cfg.storage.paths {
                 let file = slot(Path::new(dir), cfg.roster.name(target), "pill");
-                let mut wait = Duration::from_secs(1);
-                for attempt in 1..=PILL_CLEAR_TRIES {
-                    let f = file.clone();
-                    let r = with_timeout(&PILL_ABANDONED, cfg.storage.write_timeout, move || {
-                        match std::fs::remove_file(&f) {
-                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                            _ => Ok(()),
-                        }
-                    });
-                    if matches!(r, Ok(Ok(()))) {
-                        break;
+                let (f, c) = (file.clone(), cfg.clone());
+                let r = with_timeout(&PILL_ABANDONED, cfg.storage.write_timeout, move || {
+                    match read_slot(&f)? {
+                        None => Ok(()),
+                        Some(bytes) => match decode_slot(&c, &bytes) {
+                            Some(StorageBody::PoisonPill(qc)) if qc.proposal != proposal => Ok(()),
+                            _ => match std::fs::remove_file(&f) {
+                                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                                _ => Ok(()),
+                            },
+                        },
                     }
-                    tracing::warn!(file = %file.display(), attempt, "could not clear the poison-pill slot; retrying");
-                    if attempt == PILL_CLEAR_TRIES {
-                        tracing::error!(file = %file.display(), "giving up clearing the poison-pill slot: remove it by hand once the storage answers");
-                    }
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_secs(16));
+                });
+                if !matches!(r, Ok(Ok(()))) {
+                    tracing::warn!(file = %file.display(), "could not clear the poison-pill slot; the node tries again");
+                    ok = false;
                 }
             }
+            done(ok);
         });
+    if spawned.is_err() {
+        tracing::error!("cannot start the pill-clearing thread");
+    }
 }
-
-/// Tries to clear one pill slot before giving up (about two minutes with the back-off).
-pub const PILL_CLEAR_TRIES: u32 = 10;
 
 /// What the heartbeat writers share with the node's task: the switch that stops them and the
 /// counter they write (the last record of a clean stop continues it).
@@ -622,6 +627,52 @@ mod tests {
         assert!(err.contains("another cluster"), "{err}");
         let err = init_marker(&dir, "other").unwrap_err();
         assert!(err.contains("another cluster"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Issue 10 §7: clearing a pill removes only the pill of the attempt it names: a retry
+    /// of an older attempt's clear never deletes a newer attempt's pill.
+    #[test]
+    fn a_clear_removes_only_its_own_attempts_pill() {
+        let mut cfg = crate::testutil::config(3);
+        let dir = std::env::temp_dir().join(format!("pf-pill-clear-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        cfg.storage.paths = vec![dir.display().to_string()];
+        let cfg = Arc::new(cfg);
+        let proposal = |round| peerfence_proto::Proposal {
+            target: MemberId(1),
+            target_boot: BootId([1; 16]),
+            proposer: MemberId(0),
+            round: peerfence_proto::Round::new(1, round),
+            kind: peerfence_proto::FenceKind::Fence,
+            budget_slot: Some(0),
+            lane: 0,
+        };
+        let qc = |round| peerfence_proto::QuorumCertificate {
+            proposal: proposal(round),
+            votes: vec![],
+        };
+        let (tx, rx) = mpsc::channel();
+        let t = tx.clone();
+        write_pill(cfg.clone(), MemberId(1), Arc::new(qc(2)), move |ok| {
+            t.send(ok).unwrap()
+        });
+        assert!(rx.recv().unwrap());
+        let file = slot(&dir, "h1", "pill");
+        // The old attempt's clear leaves the new attempt's pill alone.
+        let t = tx.clone();
+        clear_pill(cfg.clone(), MemberId(1), proposal(1), move |ok| {
+            t.send(ok).unwrap()
+        });
+        assert!(rx.recv().unwrap());
+        assert!(file.exists(), "attempt 2's pill stays");
+        let t = tx.clone();
+        clear_pill(cfg.clone(), MemberId(1), proposal(2), move |ok| {
+            t.send(ok).unwrap()
+        });
+        assert!(rx.recv().unwrap());
+        assert!(!file.exists(), "its own clear removes it");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -429,7 +429,7 @@ impl Node {
             }
         }
         if exec.pill_written {
-            self.out.push_back(Output::ClearPill { target: t });
+            self.clear_pill(t, p);
         }
         let outcome = FenceOutcome {
             proposal: p,
@@ -569,9 +569,7 @@ impl Node {
         self.dirty = true;
         self.persist();
         if i.pill_written {
-            self.out.push_back(Output::ClearPill {
-                target: i.proposal.target,
-            });
+            self.clear_pill(i.proposal.target, i.proposal);
         }
         let outcome = FenceOutcome {
             proposal: i.proposal,
@@ -594,6 +592,111 @@ impl Node {
             .collect();
         for (target, boot) in due {
             self.end_interrupted(target, boot, OutcomeResult::Failed(FailReason::Interrupted));
+        }
+    }
+}
+
+/// Retries of a failed pill clear: 1 s, doubling, at most this.
+const CLEAR_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A pill clear in flight or waiting to be tried again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingClear {
+    pub target: MemberId,
+    pub proposal: Proposal,
+    /// The command in flight, if one is.
+    pub id: Option<CommandId>,
+    /// When to try again when none is in flight.
+    pub next_try: Instant,
+    pub tries: u32,
+}
+
+impl Node {
+    /// Clears `target`'s pill of `proposal` (and only that one): recorded durably first, then
+    /// asked of the driver, and asked again until it is done.
+    pub(super) fn clear_pill(&mut self, target: MemberId, proposal: Proposal) {
+        if !self
+            .durable
+            .pills_to_clear
+            .iter()
+            .any(|(t, p)| *t == target && *p == proposal)
+        {
+            if self.durable.pills_to_clear.len() >= crate::durable::PILLS_TO_CLEAR_MAX {
+                self.stats.drop("pills_to_clear_full");
+                self.durable.pills_to_clear.remove(0);
+            }
+            self.durable.pills_to_clear.push((target, proposal));
+            self.dirty = true;
+            self.persist();
+        }
+        if self
+            .clears
+            .iter()
+            .any(|c| c.proposal == proposal && c.target == target)
+        {
+            return;
+        }
+        self.clears.push(PendingClear {
+            target,
+            proposal,
+            id: None,
+            next_try: self.now,
+            tries: 0,
+        });
+        self.retry_clears();
+    }
+
+    /// Asks the driver for every clear whose turn has come.
+    pub(super) fn retry_clears(&mut self) {
+        for i in 0..self.clears.len() {
+            let c = self.clears[i];
+            if c.id.is_some() || self.now < c.next_try {
+                continue;
+            }
+            let id = self.next_command_id();
+            self.clears[i].id = Some(id);
+            self.out.push_back(Output::ClearPill {
+                id,
+                target: c.target,
+                proposal: c.proposal,
+            });
+        }
+    }
+
+    pub(super) fn on_pill_cleared(&mut self, id: CommandId, ok: bool) {
+        let Some(i) = self.clears.iter().position(|c| c.id == Some(id)) else {
+            return;
+        };
+        if ok {
+            let c = self.clears.remove(i);
+            self.durable
+                .pills_to_clear
+                .retain(|(t, p)| !(*t == c.target && *p == c.proposal));
+            self.dirty = true;
+            return;
+        }
+        let c = &mut self.clears[i];
+        c.id = None;
+        c.tries = c.tries.saturating_add(1);
+        let wait =
+            (std::time::Duration::from_secs(1) * (1u32 << c.tries.min(6))).min(CLEAR_RETRY_MAX);
+        c.next_try = self.now + wait;
+        if c.tries == 10 {
+            let target = c.target;
+            self.emit(Event::PillNotCleared { target });
+        }
+    }
+
+    /// At start: clears that a previous run could not finish.
+    pub(super) fn resume_clears(&mut self) {
+        for (target, proposal) in self.durable.pills_to_clear.clone() {
+            self.clears.push(PendingClear {
+                target,
+                proposal,
+                id: None,
+                next_try: self.now,
+                tries: 0,
+            });
         }
     }
 }

@@ -131,6 +131,13 @@ pub enum Input {
         /// Its result.
         result: AgentResult,
     },
+    /// A [`Output::ClearPill`] finished: `ok` when no path holds that pill any more.
+    PillCleared {
+        /// The command.
+        id: CommandId,
+        /// Cleared (or not there) on every path.
+        ok: bool,
+    },
     /// A poison-pill write finished.
     PillWritten {
         /// The command.
@@ -521,6 +528,12 @@ pub enum Event {
         /// Accepted.
         accepted: bool,
     },
+    /// A poison pill could not be cleared after ten tries: it is retried (every minute), but
+    /// an operator should look at the storage ("remove PATH/HOST.pill by hand").
+    PillNotCleared {
+        /// Whose slot.
+        target: MemberId,
+    },
     /// A local self-fence request ([`OperatorCommand::SelfFenceRequest`]) was answered.
     SelfFenceRequestAnswered {
         /// The answer.
@@ -577,10 +590,16 @@ pub enum Output {
         /// The certificate written.
         qc: Arc<QuorumCertificate>,
     },
-    /// Clear `target`'s poison-pill slot on every path (best effort).
+    /// Clear `target`'s poison-pill slot on every path, but only where it still holds the
+    /// pill of `proposal` (a newer attempt's pill stays). Report [`Input::PillCleared`]; the node
+    /// keeps the clear durably and asks again, with back-off, until it succeeds.
     ClearPill {
+        /// Echo in [`Input::PillCleared`].
+        id: CommandId,
         /// Whose slot.
         target: MemberId,
+        /// The attempt whose pill it is.
+        proposal: Proposal,
     },
     /// Act on this host.
     SelfFence(SelfFenceCommand),

@@ -273,7 +273,7 @@ impl Node {
                 self.self_fence.stale_pill_reported = true;
                 self.emit(Event::StalePoisonPill);
             }
-            self.out.push_back(Output::ClearPill { target: self.me });
+            self.clear_pill(self.me, qc.proposal);
             return;
         }
         if self.self_fence.pill_acted {

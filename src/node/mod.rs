@@ -233,6 +233,8 @@ pub struct Node {
     news_batch: u64,
     /// What each peer's latest news batch delivered.
     news_heard: Vec<news::Heard>,
+    /// Pill clears in flight or waiting to be tried again.
+    clears: Vec<execution::PendingClear>,
 }
 
 impl std::fmt::Debug for Node {
@@ -322,6 +324,7 @@ impl Node {
             stopped: false,
             news_batch: 0,
             news_heard: vec![news::Heard::default(); n],
+            clears: Vec::new(),
             cfg: config,
         };
         if clock_restarted {
@@ -338,6 +341,7 @@ impl Node {
         }
         node.persist();
         node.resume_interrupted_attempts();
+        node.resume_clears();
         node.swim.announce_to_inactive(now);
         node.next_announce = now + node.cfg.swim.announce_period;
         node.drain_swim();
@@ -387,6 +391,7 @@ impl Node {
             Input::IsolationCheck { ok } => self.local.record_isolation(&self.cfg, ok),
             Input::FenceResult { id, result } => self.on_fence_result(id, result),
             Input::PillWritten { id, ok } => self.on_pill_written(id, ok),
+            Input::PillCleared { id, ok } => self.on_pill_cleared(id, ok),
             Input::PowerStatus { member, state } => self.on_power_status(member, state),
             Input::FenceDevice { member, level, ok } => {
                 let levels = self.cfg.fencing.levels.len();
@@ -1007,6 +1012,7 @@ impl Node {
         self.consider_proposals();
         self.self_fence_step();
         self.pill_and_inflight_step();
+        self.retry_clears();
         self.watchdog_step();
         if self.now >= self.next_announce {
             self.swim.announce_to_inactive(self.now);

@@ -1054,7 +1054,7 @@ fn a_pill_is_cleared_after_its_interrupted_attempt() {
     assert!(
         c.log[executor]
             .iter()
-            .any(|o| matches!(o, Output::ClearPill { target } if *target == MemberId(4))),
+            .any(|o| matches!(o, Output::ClearPill { target, .. } if *target == MemberId(4))),
         "the restarted executor clears the pill of the attempt it could not finish"
     );
 }
@@ -1472,5 +1472,82 @@ fn a_level_begun_late_gets_only_what_is_left_of_the_attempt() {
     assert!(
         c.events(e)
             .any(|ev| matches!(ev, Event::FenceFailed { .. }))
+    );
+}
+
+/// Issue 10 §7: a pill clear that fails is kept durably and asked for again (with back-off, and
+/// after a restart) until it succeeds; it names the attempt whose pill it removes.
+#[test]
+fn a_failed_pill_clear_is_retried_until_it_succeeds() {
+    let mut c = settled(5, |r| {
+        r.watchdog.enabled = Some(true);
+        r.fencing.levels = Some(vec![RawLevel::poison_pill("pill")]);
+    });
+    c.kill_host(4);
+    c.run_for(c.cfg.attempt_max() + Duration::from_secs(10));
+    let executor = (0..4)
+        .find(|&i| {
+            c.log[i]
+                .iter()
+                .any(|o| matches!(o, Output::WritePill { .. }))
+        })
+        .expect("a pill was written");
+    let clears = |c: &Cluster| -> Vec<(u64, Proposal)> {
+        c.log[executor]
+            .iter()
+            .filter_map(|o| match o {
+                Output::ClearPill { id, proposal, .. } => Some((*id, *proposal)),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = clears(&c);
+    assert_eq!(first.len(), 1, "one clear asked for");
+    let written = c.log[executor]
+        .iter()
+        .find_map(|o| match o {
+            Output::WritePill { qc, .. } => Some(qc.proposal),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(first[0].1, written, "it names the attempt whose pill it is");
+    c.handle(
+        executor,
+        Input::PillCleared {
+            id: first[0].0,
+            ok: false,
+        },
+    );
+    assert!(
+        !c.disks[executor]
+            .as_ref()
+            .unwrap()
+            .pills_to_clear
+            .is_empty()
+    );
+    c.run_for(Duration::from_secs(3));
+    let again = clears(&c);
+    assert_eq!(again.len(), 2, "asked again after a failure");
+    // A restart before it succeeds: the new run asks again, from its disk.
+    c.crash(executor);
+    c.start(executor);
+    c.log[executor].clear();
+    c.run_for(Duration::from_secs(1));
+    let after = clears(&c);
+    assert_eq!(after.len(), 1, "the restarted node asks again");
+    c.handle(
+        executor,
+        Input::PillCleared {
+            id: after[0].0,
+            ok: true,
+        },
+    );
+    c.run_for(Duration::from_secs(1));
+    assert!(
+        c.disks[executor]
+            .as_ref()
+            .unwrap()
+            .pills_to_clear
+            .is_empty()
     );
 }
