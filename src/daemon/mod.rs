@@ -339,6 +339,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         counter: Arc::default(),
     };
     let mut shell = Shell {
+        keys: crate::crypto::KeyRing::new(&core),
         clock,
         store,
         transport,
@@ -582,6 +583,34 @@ struct Shell {
     me: peerfence_proto::MemberId,
     /// This host's boot.
     boot: BootId,
+    /// The roster's vote keys: every certificate is checked again here before anything acts on
+    /// it (the core asserts it too; two checks on both sides of the boundary).
+    keys: crate::crypto::KeyRing,
+}
+
+/// The boundary check before a fence agent, a pill write or a self-fence runs: the certificate
+/// verifies, and it is about `target`. The core never emits anything else (it asserts it), so a
+/// refusal here is a bug, logged loudly, and nothing runs.
+fn authorised(
+    keys: &crate::crypto::KeyRing,
+    qc: &peerfence_proto::QuorumCertificate,
+    target: peerfence_proto::MemberId,
+    what: &str,
+) -> bool {
+    match keys.verify_certificate(qc) {
+        Ok(()) if qc.proposal.target == target => true,
+        Ok(()) => {
+            tracing::error!(
+                what,
+                "refusing: the certificate is about another member (a bug; nothing was run)"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!(what, error = %e, "refusing: the certificate does not verify (a bug; nothing was run)");
+            false
+        }
+    }
 }
 
 impl Shell {
@@ -818,6 +847,17 @@ impl Shell {
             } => self.transport.send(to, bytes, reliable),
             Output::Fence(cmd) => {
                 let host = node.config().roster.name(cmd.target).to_owned();
+                // `on` after a confirmed fence carries the certificate too.
+                if !authorised(&self.keys, &cmd.qc, cmd.target, "fence agent") {
+                    node.handle(
+                        self.clock.now(),
+                        Input::FenceResult {
+                            id: cmd.id,
+                            result: AgentResult::Failed,
+                        },
+                    );
+                    return Ok(true);
+                }
                 let agent_ok = self
                     .agents
                     .get(usize::from(cmd.level))
@@ -860,6 +900,10 @@ impl Shell {
                 });
             }
             Output::WritePill { id, target, qc } => {
+                if !authorised(&self.keys, &qc, target, "poison pill") {
+                    node.handle(self.clock.now(), Input::PillWritten { id, ok: false });
+                    return Ok(true);
+                }
                 let tx = self.tx.clone();
                 storage::write_pill(node.config().clone(), target, qc, move |ok| {
                     let _ = tx.blocking_send(Msg::Input(Input::PillWritten { id, ok }));
@@ -876,6 +920,9 @@ impl Shell {
                 });
             }
             Output::SelfFence(cmd) => {
+                if !authorised(&self.keys, &cmd.qc, self.me, "self-fence") {
+                    return Ok(true);
+                }
                 tracing::error!(action = actions::action_name(cmd.action), reason = ?cmd.reason,
                     voters = ?cmd.qc.votes.iter().map(|v| node.config().roster.name(v.voter)).collect::<Vec<_>>(),
                     "self-fence ordered with a quorum certificate: acting on this host");
@@ -1185,5 +1232,58 @@ mod clock_tests {
         );
         // Deadlines map onto tokio's clock from the start of this process.
         assert_eq!(second.deadline(second.boot), second.tokio);
+    }
+}
+
+#[cfg(test)]
+mod boundary_tests {
+    use super::*;
+    use peerfence_proto::{FenceKind, MemberId, Proposal, QuorumCertificate, Round};
+
+    /// Issue 10 §7: the daemon checks every certificate again before an agent, a pill or a
+    /// self-fence runs: a forged or misdirected one runs nothing.
+    #[test]
+    fn the_boundary_refuses_what_the_core_would_never_emit() {
+        let cfg = crate::testutil::config(3);
+        let keys = crate::crypto::KeyRing::new(&cfg);
+        let forged = QuorumCertificate {
+            proposal: Proposal {
+                target: MemberId(2),
+                target_boot: BootId([2; 16]),
+                proposer: MemberId(0),
+                round: Round::new(1, 1),
+                kind: FenceKind::Fence,
+                budget_slot: Some(0),
+                lane: 0,
+            },
+            votes: vec![],
+        };
+        assert!(!authorised(&keys, &forged, MemberId(2), "fence agent"));
+        // A real one passes, but only for its own target.
+        let p = forged.proposal;
+        let votes = [0u16, 1]
+            .iter()
+            .map(|&v| {
+                let evidence = peerfence_proto::VoteEvidence {
+                    voter_healthy: true,
+                    target_down_ms: 4000,
+                    heartbeat_stalled_ms: 6000,
+                };
+                peerfence_proto::SignedVote {
+                    voter: MemberId(v),
+                    evidence,
+                    signature: crate::testutil::key(usize::from(v)).sign(
+                        &cfg.cluster,
+                        cfg.digest(),
+                        &p,
+                        MemberId(v),
+                        &evidence,
+                    ),
+                }
+            })
+            .collect();
+        let real = QuorumCertificate { proposal: p, votes };
+        assert!(authorised(&keys, &real, MemberId(2), "fence agent"));
+        assert!(!authorised(&keys, &real, MemberId(1), "fence agent"));
     }
 }

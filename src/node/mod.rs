@@ -914,9 +914,12 @@ impl Node {
         }
         p.power = state;
         self.emit(Event::PowerChanged { member, state });
+        let fenced = self.peers[member.index()].boot.is_some()
+            && self.durable.fenced_boot(member) == self.peers[member.index()].boot;
         if state == PowerState::Off
             && !self.executions.contains_key(&member)
             && self.peers[member.index()].inflight.is_none()
+            && !fenced
         {
             // Off without a fence of ours in flight is reported, not treated as a fence: nobody
             // checked it stays off, and nobody agreed to recover its VMs.

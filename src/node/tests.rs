@@ -1551,3 +1551,46 @@ fn a_failed_pill_clear_is_retried_until_it_succeeds() {
             .is_empty()
     );
 }
+
+/// Issue 10 §7: after a confirmed fence, the next power poll's Off is what happened, not a host
+/// "found off with no fence"; and a host that fenced itself by quorum counts the slot it spent,
+/// as its peers do.
+#[test]
+fn views_agree_with_what_happened_after_a_fence() {
+    let mut c = settled(5, |_| {});
+    c.kill_host(4);
+    c.run_for(Duration::from_secs(12));
+    assert_eq!(
+        c.nodes[0]
+            .as_ref()
+            .unwrap()
+            .durable()
+            .fenced_boot(MemberId(4)),
+        Some(boot(4))
+    );
+    for i in 0..4 {
+        c.handle(
+            i,
+            Input::PowerStatus {
+                member: MemberId(4),
+                state: PowerState::Off,
+            },
+        );
+        assert!(
+            !c.events(i).any(|e| matches!(e, Event::HostFoundOff { .. })),
+            "h{i} reported a fenced host as found off"
+        );
+    }
+
+    // A self-fence by quorum: the self-fencer's own budget view counts it.
+    let mut c = settled(5, |_| {});
+    c.writing[1] = false;
+    c.run_for(Duration::from_secs(20));
+    assert!(
+        c.log[1].iter().any(|o| matches!(o, Output::SelfFence(_))),
+        "host 1 fenced itself"
+    );
+    let used = |c: &Cluster, i: usize| c.disks[i].as_ref().unwrap().slots.len();
+    assert_eq!(used(&c, 1), 1, "its own view counts the slot");
+    assert_eq!(used(&c, 0), 1, "as a peer's does");
+}
