@@ -15,6 +15,9 @@ pub struct NetParams {
     pub delay_base_us: u64,
     /// Plus a uniform jitter up to this (jitter reorders packets).
     pub delay_jitter_us: u64,
+    /// Reliable messages lost outright, percent: the connection broke under them (QUIC's idle
+    /// timeout under heavy loss, a reset), so the transport never retransmits them.
+    pub reliable_drop_pct: u32,
 }
 
 impl Default for NetParams {
@@ -24,6 +27,7 @@ impl Default for NetParams {
             dup_pct: 0,
             delay_base_us: 200,
             delay_jitter_us: 800,
+            reliable_drop_pct: 0,
         }
     }
 }
@@ -109,6 +113,9 @@ impl Network {
         let p = &self.params;
         let one = |rng: &mut ChaCha8Rng| p.delay_base_us + rng.random_range(0..=p.delay_jitter_us);
         if reliable {
+            if p.reliable_drop_pct > 0 && rng.random_range(0..100) < p.reliable_drop_pct {
+                return Vec::new();
+            }
             let mut d = one(rng);
             // Each loss costs a retransmission timeout of ~200 ms.
             while p.loss_pct > 0 && rng.random_range(0..100) < p.loss_pct {

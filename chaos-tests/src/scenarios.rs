@@ -483,7 +483,7 @@ fn restart_during_fence(s: &mut Setup) {
     let v = s.host();
     let at = s.at(20, 30);
     s.fault(at, Fault::CrashHost(v));
-    s.expected_crashes.push((v, at, Some(180 * SEC)));
+    s.expected_crashes.push((v, at, Some(120 * SEC)));
     s.victims = vec![v];
     let kinds = [
         TriggerOn::Proposed,
@@ -535,6 +535,7 @@ fn lossy_network(s: &mut Setup) {
         dup_pct: 2,
         delay_base_us: 200,
         delay_jitter_us: 5 * MS,
+        reliable_drop_pct: 2,
     };
 }
 
@@ -619,6 +620,8 @@ fn random(s: &mut Setup) {
                         dup_pct: 3,
                         delay_base_us: 200,
                         delay_jitter_us: 10 * MS,
+                        // Under heavy loss, connections break and take messages with them.
+                        reliable_drop_pct: loss / 10,
                     }),
                 );
                 s.fault(back, Fault::Net(NetParams::default()));
@@ -1323,6 +1326,23 @@ fn expect_no_pill_left(s: &Setup, r: &RunResult) -> Vec<String> {
     out
 }
 
+/// A host loses power; the out-of-band network reaches its BMC from one survivor only (a
+/// broken switch port, a firewall rule): attempts by the others fail at once, and the fence
+/// must still be carried out, by the one member that can reach the BMC, confirmed by power Off.
+fn bmc_partitioned(s: &mut Setup) {
+    s.duration_us = 200 * SEC;
+    let order = s.distinct(2);
+    let (v, reach) = (order[0], order[1]);
+    let at = s.at(20, 25);
+    let from: Vec<usize> = (0..s.nodes).filter(|&h| h != v && h != reach).collect();
+    s.fault(at - SEC, Fault::BmcUnreachable { bmc: v, from });
+    // Without a pill level, only the BMC can confirm.
+    s.raw.fencing.levels = Some(vec![RawLevel::agent("bmc", "5s")]);
+    s.fault(at, Fault::PowerLoss(v));
+    s.expected_crashes.push((v, at, Some(150 * SEC)));
+    s.victims = vec![v];
+}
+
 fn expect_invariants_only(_s: &Setup, _r: &RunResult) -> Vec<String> {
     Vec::new()
 }
@@ -1536,6 +1556,14 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: pill_clear_retried,
         expect: expect_no_pill_left,
+    },
+    Scenario {
+        name: "bmc-partitioned",
+        about: "a host loses power and its BMC is reachable from one survivor only: the others' attempts fail, the fence is still carried out and confirmed by power Off within 150 s",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: bmc_partitioned,
+        expect: expect_victims_confirmed,
     },
     Scenario {
         name: "random",

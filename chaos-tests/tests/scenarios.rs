@@ -244,6 +244,13 @@ fn pill_clear_retried() {
     run_seam("pill-clear-retried");
 }
 
+/// Issue 10 §9: a BMC reachable from one survivor only: the proposer turns after each failed
+/// attempt, and the one that can reach it fences.
+#[test]
+fn bmc_partitioned() {
+    run_seam("bmc-partitioned");
+}
+
 #[test]
 fn random() {
     run("random");

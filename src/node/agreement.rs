@@ -54,9 +54,15 @@ fn is_final(reason: RefuseReason) -> bool {
 impl Node {
     /// This node's rank for proposing on `target`: members ranked above it that it does not see
     /// Down. Zero means "go first".
+    ///
+    /// The order turns by one after every failed attempt on the target's boot (every member
+    /// counts them from the outcomes): a proposer that cannot reach the target's BMC (a broken
+    /// out-of-band link) does not fail every retry; the next one tries.
     pub(super) fn my_rank(&self, target: MemberId) -> u32 {
+        let ranking = &self.ranking[target.index()];
+        let turn = usize::from(self.peers[target.index()].attempts) % ranking.len().max(1);
         let mut rank = 0;
-        for &m in &self.ranking[target.index()] {
+        for &m in ranking[turn..].iter().chain(&ranking[..turn]) {
             if m == self.me {
                 break;
             }
@@ -126,6 +132,9 @@ impl Node {
             } else {
                 self.cfg.fencing.proposer_backoff * self.my_rank(t)
             };
+            // After a failed attempt, the back-off by rank counts from the retry time: the
+            // order turned, and the new first member goes first.
+            let since = since.max(p.next_retry_at.unwrap_or(Instant::ZERO));
             if self.now.saturating_since(since) < wait {
                 continue;
             }

@@ -843,7 +843,7 @@ fn failed_attempts_back_off_and_end_in_failed() {
     c.bmc_failing[4] = true; // wrong password: every attempt fails at once
     c.kill_host(4);
     c.run_for(Duration::from_secs(60));
-    let failures: Vec<(u16, Option<Duration>)> = c
+    let mut failures: Vec<(u16, Option<Duration>)> = c
         .all_events()
         .filter_map(|(_, e)| match e {
             Event::FenceFailed {
@@ -852,6 +852,12 @@ fn failed_attempts_back_off_and_end_in_failed() {
             _ => None,
         })
         .collect();
+    // Each retry is proposed by the next member in the rendezvous order: the executors differ.
+    failures.sort();
+    let executors: std::collections::BTreeSet<usize> = (0..4)
+        .filter(|&i| c.events(i).any(|e| matches!(e, Event::FenceFailed { .. })))
+        .collect();
+    assert!(executors.len() >= 2, "the proposer turned: {executors:?}");
     assert_eq!(
         failures,
         vec![
