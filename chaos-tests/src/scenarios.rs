@@ -1343,6 +1343,55 @@ fn bmc_partitioned(s: &mut Setup) {
     s.victims = vec![v];
 }
 
+/// A configuration change rolled host by host (10-20 s apart): in half the runs a member is
+/// added (its daemon starts once it has the new roster), in the other half a setting the digest
+/// covers changes (the fence budget). While the hosts run different configurations they drop
+/// each other's messages and ignore each other's heartbeat slots: each group sees the other
+/// Down with an unknown heartbeat, so nobody is fenced. Once every host runs the new
+/// configuration, a host loses power and is fenced within 60 s.
+fn rolling_config_change(s: &mut Setup) {
+    let add = s.rng.random_bool(0.5);
+    let (old_n, new_n) = if add {
+        (s.nodes - 1, s.nodes)
+    } else {
+        (s.nodes, s.nodes)
+    };
+    let levels = s.raw.fencing.levels.clone();
+    let mut old = base_config(old_n);
+    old.fencing.levels = levels.clone();
+    let mut new = base_config(new_n);
+    new.fencing.levels = levels;
+    if !add {
+        new.fencing.budget = Some(4);
+    }
+    s.raw = old;
+    let mut order = s.distinct(old_n);
+    if add {
+        // The new member gets the new roster first (its daemon could not start before).
+        order.insert(0, new_n - 1);
+    }
+    let mut t = s.at(20, 25);
+    for &h in &order {
+        s.fault(t, Fault::Reconfigure(h, Box::new(new.clone())));
+        t += s.rng.random_range(10 * SEC..=20 * SEC);
+    }
+    // Everyone runs the new configuration and is past its quiet period.
+    let crash = t + 20 * SEC;
+    let v = order[s.rng.random_range(0..order.len())];
+    s.fault(crash, Fault::PowerLoss(v));
+    s.expected_crashes.push((v, crash, Some(60 * SEC)));
+    s.duration_us = crash + 70 * SEC;
+    s.victims = vec![v];
+    s.variant = u32::from(add);
+}
+
+fn expect_rolling_change(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = expect_victims_confirmed(s, r);
+    no_watchdog_resets(r, &mut out);
+    no_self_fences(r, &mut out);
+    out
+}
+
 fn expect_invariants_only(_s: &Setup, _r: &RunResult) -> Vec<String> {
     Vec::new()
 }
@@ -1564,6 +1613,14 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: bmc_partitioned,
         expect: expect_victims_confirmed,
+    },
+    Scenario {
+        name: "rolling-config-change",
+        about: "a configuration change (a member added, or a digest-covered setting) is rolled host by host: while configurations differ nobody is fenced; afterwards a crash is fenced within 60 s",
+        default_nodes: 6,
+        min_nodes: 4,
+        build: rolling_config_change,
+        expect: expect_rolling_change,
     },
     Scenario {
         name: "random",

@@ -42,6 +42,7 @@ macro_rules! check {
             now: $w.now,
             hosts: &$w.hosts,
             cfg: &$w.cfg,
+            host_cfg: &$w.host_cfg,
             net: &$w.net,
             all_lost_since: $w.all_lost_since,
             votes: &$w.votes,
@@ -173,6 +174,10 @@ pub enum Fault {
     Bmc(usize, BmcMode),
     /// An operator command on a host's daemon.
     Operator(usize, OperatorCommand),
+    /// The host gets a new configuration (a rolling change: a roster change, a new setting):
+    /// its daemon is restarted with it (a clean stop, then a start a second later). A host not
+    /// in the new roster stays stopped.
+    Reconfigure(usize, Box<RawConfig>),
     /// Readers see this host's heartbeat slot frozen at its current content (an NFS client
     /// serving cached attributes) while the host keeps writing. Used to prove that I2's checker
     /// catches a fence of a live writer.
@@ -406,8 +411,9 @@ pub struct StorageView1 {
     pub pill: Vec<Option<Arc<QuorumCertificate>>>,
 }
 
-/// A heartbeat slot: the record, and whether it is the last one of a clean stop.
-pub type Slot = Option<(HeartbeatRecord, bool)>;
+/// A heartbeat slot: the record, whether it is the last one of a clean stop, and the digest of
+/// the configuration its writer ran (a reader with another one ignores it, as the daemon does).
+pub type Slot = Option<(HeartbeatRecord, bool, u64)>;
 
 /// Every path's slots as some reader sees them.
 pub type StorageView = Vec<StorageView1>;
@@ -701,6 +707,8 @@ pub struct World {
     rng: ChaCha8Rng,
     seed: u64,
     cfg: Arc<Config>,
+    /// The configuration each host's daemon runs (they differ during a rolling change).
+    host_cfg: Vec<Arc<Config>>,
     params: SimParams,
     hosts: Vec<Host>,
     net: Network,
@@ -808,6 +816,7 @@ impl World {
             rng,
             seed: spec.seed,
             checks: Checks::new(&cfg),
+            host_cfg: vec![cfg.clone(); spec.nodes],
             cfg,
             net: Network::new(n, spec.params.net.clone()),
             params: spec.params,
@@ -1107,7 +1116,7 @@ impl World {
                 .storage
                 .hb
                 .iter()
-                .filter_map(|p| p[h].map(|(r, _)| r.generation))
+                .filter_map(|p| p[h].map(|(r, _, _)| r.generation))
                 .max();
             let hs = &mut self.hosts[h];
             match slot {
@@ -1124,10 +1133,17 @@ impl World {
                 }
             }
         }
+        if !self.host_cfg[h].roster.contains(MemberId(h as u16)) {
+            // Not (or no longer) a configured member: its daemon refuses to start.
+            self.trace(Some(h), || {
+                "not in the roster: the daemon does not start".into()
+            });
+            return;
+        }
         let hs = &mut self.hosts[h];
         hs.durable_generation = hs.disk.as_ref().map_or(0, |d| d.generation);
         let node = Node::new(
-            self.cfg.clone(),
+            self.host_cfg[h].clone(),
             MemberId(h as u16),
             VoteKey::from_secret(hs.secret),
             hs.boot,
@@ -1970,7 +1986,8 @@ impl World {
                     // write and its completion (before fsync returns, on NFS).
                     let visible = lat * self.rng.random_range(30..=100) / 100;
                     if matches!(mode, StorageMode::Private { .. }) {
-                        self.hosts[h].private[path].hb[h] = Some((record, false));
+                        self.hosts[h].private[path].hb[h] =
+                            Some((record, false, self.host_cfg[h].digest().0));
                     } else {
                         self.after(
                             visible,
@@ -2033,7 +2050,8 @@ impl World {
                     );
                 }
                 StorageMode::Private { .. } => {
-                    self.hosts[h].private[path].hb[h] = Some((record, true));
+                    self.hosts[h].private[path].hb[h] =
+                        Some((record, true, self.host_cfg[h].digest().0));
                 }
                 StorageMode::Fail | StorageMode::Hang => {}
             }
@@ -2042,7 +2060,8 @@ impl World {
 
     /// A write becomes visible on shared storage.
     fn land(&mut self, host: usize, path: usize, record: HeartbeatRecord, stopped: bool) {
-        self.storage.hb[path][host] = Some((record, stopped));
+        let digest = self.host_cfg[host].digest().0;
+        self.storage.hb[path][host] = Some((record, stopped, digest));
         let hs = &mut self.hosts[host];
         hs.writes.push_back(self.now);
         while hs.writes.len() > 32 {
@@ -2116,17 +2135,36 @@ impl World {
     /// Feeds one read cycle's findings: every member's slot (this host's own included, which a
     /// reader checks its own writes with), and this host's pill slot if it holds a pill.
     fn deliver_read(&mut self, h: usize, epoch: u64, path: usize, view: &StorageView1) {
+        let digest = self.host_cfg[h].digest().0;
         for m in 0..self.hosts.len() {
             if self.hosts[h].epoch != epoch {
                 return;
+            }
+            if m >= self.host_cfg[h].n() {
+                continue;
+            }
+            // A record written under another configuration is not evidence about its writer for
+            // this reader, only that the path is shared.
+            if let Some((record, _, d)) = view.hb[m]
+                && d != digest
+            {
+                self.feed(
+                    h,
+                    Input::ForeignHeartbeat {
+                        path,
+                        member: MemberId(m as u16),
+                        record,
+                    },
+                );
+                continue;
             }
             self.feed(
                 h,
                 Input::HeartbeatRead {
                     path,
                     member: MemberId(m as u16),
-                    record: view.hb[m].map(|(r, _)| r),
-                    stopped: view.hb[m].is_some_and(|(_, s)| s),
+                    record: view.hb[m].map(|(r, _, _)| r),
+                    stopped: view.hb[m].is_some_and(|(_, s, _)| s),
                 },
             );
         }
@@ -2362,6 +2400,19 @@ impl World {
             Fault::AgentRestore(h) => self.hosts[h].agent_alive = true,
             Fault::Bmc(h, mode) => self.hosts[h].bmc = mode,
             Fault::Operator(h, cmd) => self.feed(h, Input::Operator(cmd)),
+            Fault::Reconfigure(h, raw) => {
+                let cfg = Arc::new(
+                    raw.validate()
+                        .unwrap_or_else(|e| panic!("scenario configuration is invalid: {e}")),
+                );
+                self.host_cfg[h] = cfg;
+                let running = self.hosts[h].node.is_some();
+                if running {
+                    self.stop_daemon(h);
+                }
+                self.hosts[h].daemon_wanted = true;
+                self.after(SEC, Ev::Restart(h));
+            }
             Fault::FreezeReads(h) => {
                 let snapshot = self.storage.hb.iter().map(|p| p[h]).collect();
                 self.storage.frozen[h] = Some(snapshot);

@@ -251,6 +251,13 @@ fn bmc_partitioned() {
     run_seam("bmc-partitioned");
 }
 
+/// Issue 10 §9: a configuration rolled host by host (a member added, a digest-covered
+/// setting): nobody fenced or reset meanwhile, a later crash fenced.
+#[test]
+fn rolling_config_change() {
+    run_seam("rolling-config-change");
+}
+
 #[test]
 fn random() {
     run("random");

@@ -90,6 +90,8 @@ const MAX_SLOT_BYTES: u64 = 64 * 1024;
 struct ReadCycle {
     /// Each member's slot: its record, and whether it is the last one of a clean stop.
     records: Vec<(MemberId, Option<HeartbeatRecord>, bool)>,
+    /// Heartbeats of this cluster written under another configuration digest (a rolling change).
+    foreign: Vec<(MemberId, HeartbeatRecord)>,
     pill: Option<QuorumCertificate>,
     ignored: usize,
 }
@@ -166,6 +168,19 @@ fn read_slot(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 fn decode_slot(cfg: &Config, bytes: &[u8]) -> Option<StorageBody> {
     let rec = peerfence_proto::decode_storage(bytes).ok()?;
     (rec.cluster == cfg.cluster && rec.digest == cfg.digest()).then_some(rec.body)
+}
+
+/// A heartbeat of this cluster in `m`'s slot written under another configuration digest (during
+/// a rolling change): not evidence about `m` for this member, but proof the path is shared.
+fn foreign_heartbeat(cfg: &Config, bytes: &[u8], m: MemberId) -> Option<HeartbeatRecord> {
+    let rec = peerfence_proto::decode_storage(bytes).ok()?;
+    if rec.cluster != cfg.cluster || rec.digest == cfg.digest() {
+        return None;
+    }
+    match rec.body {
+        StorageBody::Heartbeat(r) | StorageBody::Stopped(r) if r.member == m => Some(r),
+        _ => None,
+    }
 }
 
 /// Hung pill writes and clears, abandoned, across the process (bounded like the heartbeats').
@@ -470,6 +485,16 @@ fn reader(
                         return false;
                     }
                 }
+                for (member, record) in cycle.foreign {
+                    let input = Input::ForeignHeartbeat {
+                        path,
+                        member,
+                        record,
+                    };
+                    if tx.blocking_send(Msg::Input(input)).is_err() {
+                        return false;
+                    }
+                }
                 if let Some(pill) = cycle.pill {
                     let input = Input::PoisonPillRead {
                         path,
@@ -504,6 +529,7 @@ fn read_cycle(cfg: &Config, dir: &Path, me: MemberId) -> std::io::Result<ReadCyc
     std::fs::metadata(dir)?;
     let mut out = ReadCycle {
         records: Vec::new(),
+        foreign: Vec::new(),
         pill: None,
         ignored: 0,
     };
@@ -512,6 +538,7 @@ fn read_cycle(cfg: &Config, dir: &Path, me: MemberId) -> std::io::Result<ReadCyc
         match read_slot(&slot(dir, cfg.roster.name(m), "hb")) {
             Ok(None) => out.records.push((m, None, false)),
             Ok(Some(bytes)) => match decode_slot(cfg, &bytes) {
+                None if let Some(r) = foreign_heartbeat(cfg, &bytes, m) => out.foreign.push((m, r)),
                 Some(StorageBody::Heartbeat(r)) if r.member == m => {
                     out.records.push((m, Some(r), false))
                 }

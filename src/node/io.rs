@@ -107,6 +107,18 @@ pub enum Input {
         /// The record is the owner's last, written when its daemon stopped cleanly.
         stopped: bool,
     },
+    /// `member`'s slot on `path` holds a heartbeat of this cluster written under another
+    /// configuration (a rolling change is under way). It says nothing this node's rules may use
+    /// about the member (its peers with another digest are invisible to it), but a change of it
+    /// proves the path is shared storage.
+    ForeignHeartbeat {
+        /// Path index.
+        path: usize,
+        /// Whose slot.
+        member: MemberId,
+        /// Its counter and boot.
+        record: HeartbeatRecord,
+    },
     /// This host's own poison-pill slot on `path` was read.
     PoisonPillRead {
         /// Path index.

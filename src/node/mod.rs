@@ -235,6 +235,8 @@ pub struct Node {
     news_heard: Vec<news::Heard>,
     /// Pill clears in flight or waiting to be tried again.
     clears: Vec<execution::PendingClear>,
+    /// Per member and path: the last heartbeat read there written under another configuration.
+    foreign: Vec<Option<(BootId, u64)>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -325,6 +327,7 @@ impl Node {
             news_batch: 0,
             news_heard: vec![news::Heard::default(); n],
             clears: Vec::new(),
+            foreign: vec![None; n * config.storage.paths.len()],
             cfg: config,
         };
         if clock_restarted {
@@ -387,6 +390,11 @@ impl Node {
                 stopped,
             } => self.on_heartbeat_read(path, member, record, stopped),
             Input::PoisonPillRead { path: _, pill } => self.on_pill_read(pill),
+            Input::ForeignHeartbeat {
+                path,
+                member,
+                record,
+            } => self.on_foreign_heartbeat(path, member, record),
             Input::AgentCheck { alive } => self.local.record_agent(alive),
             Input::IsolationCheck { ok } => self.local.record_isolation(&self.cfg, ok),
             Input::FenceResult { id, result } => self.on_fence_result(id, result),
@@ -820,6 +828,25 @@ impl Node {
                 generation,
             });
         }
+    }
+
+    fn on_foreign_heartbeat(
+        &mut self,
+        path: usize,
+        member: MemberId,
+        record: peerfence_proto::HeartbeatRecord,
+    ) {
+        let paths = self.cfg.storage.paths.len();
+        if !self.cfg.roster.contains(member) || member == self.me || path >= paths {
+            self.stats.drop("bad_heartbeat_read");
+            return;
+        }
+        let slot = &mut self.foreign[member.index() * paths + path];
+        let value = (record.boot, record.counter);
+        if slot.is_some_and(|old| old != value) {
+            self.local.record_peer_seen(self.now, path);
+        }
+        *slot = Some(value);
     }
 
     fn on_heartbeat_read(

@@ -15,33 +15,39 @@ use peerfence_proto::{Proposal, QuorumCertificate, Verdict, vote_signing_bytes};
 use std::collections::HashSet;
 
 pub struct Check {
-    keys: Vec<VerifyingKey>,
-    verified: HashSet<Proposal>,
+    /// Certificates already verified, with the digest of the configuration they verified under.
+    verified: HashSet<(Proposal, u64)>,
+}
+
+/// The roster's keys, in id order.
+fn keys(cfg: &Config) -> Vec<VerifyingKey> {
+    cfg.roster
+        .ids()
+        .map(|m| {
+            let key = cfg.roster.get(m).map(|i| i.vote_key.0).unwrap_or([0; 32]);
+            VerifyingKey::from_bytes(&key).expect("roster keys are valid points")
+        })
+        .collect()
 }
 
 impl Check {
-    pub fn new(cfg: &Config) -> Self {
-        let keys = cfg
-            .roster
-            .ids()
-            .map(|m| {
-                let key = cfg.roster.get(m).map(|i| i.vote_key.0).unwrap_or([0; 32]);
-                VerifyingKey::from_bytes(&key).expect("roster keys are valid points")
-            })
-            .collect();
+    pub fn new(_cfg: &Config) -> Self {
         Self {
-            keys,
             verified: HashSet::new(),
         }
     }
 
     pub fn check(&mut self, ctx: &Ctx, actor: usize, qc: &QuorumCertificate, what: &str) -> Found {
-        if self.verified.contains(&qc.proposal) {
+        // Against the configuration the actor runs: during a rolling change the roster (and
+        // so the quorum) and the digest its voters signed under may differ from the first one.
+        let cfg = ctx.host_cfg.get(actor).map_or(ctx.cfg, |c| &**c);
+        let key = (qc.proposal, cfg.digest().0);
+        if self.verified.contains(&key) {
             return Vec::new();
         }
-        match self.verify(ctx, qc) {
+        match self.verify(ctx, cfg, qc) {
             Ok(()) => {
-                self.verified.insert(qc.proposal);
+                self.verified.insert(key);
                 Vec::new()
             }
             Err(e) => vec![(
@@ -54,9 +60,10 @@ impl Check {
         }
     }
 
-    fn verify(&self, ctx: &Ctx, qc: &QuorumCertificate) -> Result<(), String> {
+    fn verify(&self, ctx: &Ctx, cfg: &Config, qc: &QuorumCertificate) -> Result<(), String> {
         let p = &qc.proposal;
-        let n = ctx.cfg.n();
+        let n = cfg.n();
+        let keys = keys(cfg);
         if p.target.index() >= n || p.proposer.index() >= n {
             return Err("target or proposer not configured".into());
         }
@@ -80,10 +87,9 @@ impl Check {
                     v.voter
                 ));
             }
-            let bytes =
-                vote_signing_bytes(&ctx.cfg.cluster, ctx.cfg.digest(), p, v.voter, &v.evidence);
+            let bytes = vote_signing_bytes(&cfg.cluster, cfg.digest(), p, v.voter, &v.evidence);
             let sig = Signature::from_bytes(&v.signature.to_bytes());
-            self.keys[i]
+            keys[i]
                 .verify_strict(&bytes, &sig)
                 .map_err(|_| format!("signature of {} does not verify", v.voter))?;
             match ctx.votes.get(&(i, *p)) {
@@ -108,7 +114,7 @@ impl Check {
                 }
             }
         }
-        let q = ctx.cfg.quorum();
+        let q = cfg.quorum();
         if seen.len() < q {
             return Err(format!("{} votes, quorum is {q}", seen.len()));
         }

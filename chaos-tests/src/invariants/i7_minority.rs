@@ -15,13 +15,17 @@ impl Check {
         let up = vec![true; ctx.hosts.len()];
         let comp = ctx.net.component(actor, &up);
         let grace = Ctx::us(ctx.cfg.fencing.proposal_timeout + ctx.cfg.fencing.retransmit_interval);
-        if comp.len() < ctx.cfg.quorum() && ctx.now >= ctx.net.changed_at + grace {
+        let q = ctx
+            .host_cfg
+            .get(actor)
+            .map_or(ctx.cfg.quorum(), |c| c.quorum());
+        if comp.len() < q && ctx.now >= ctx.net.changed_at + grace {
             vec![(
                 "I7",
                 format!(
                     "h{actor} executed a {what} from a partition of {} (quorum {})",
                     comp.len(),
-                    ctx.cfg.quorum()
+                    q
                 ),
             )]
         } else {

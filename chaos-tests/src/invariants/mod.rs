@@ -36,8 +36,11 @@ pub struct Ctx<'a> {
     pub now: u64,
     /// Hosts.
     pub hosts: &'a [Host],
-    /// Configuration.
+    /// Configuration (the run's first; timings do not change during a run).
     pub cfg: &'a Config,
+    /// The configuration each host runs now (rosters and digests may differ during a rolling
+    /// change).
+    pub host_cfg: &'a [std::sync::Arc<Config>],
     /// Network.
     pub net: &'a Network,
     /// Since when every host's storage is lost, if it is.
