@@ -164,3 +164,111 @@ fn hooks_are_checked_like_every_other_section() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("qeueu"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Safety at the seams, item 6: per-start boot ids, the record executor and a plain file as the
+/// watchdog void the safety argument; in enforce mode each is refused, naming field, value and
+/// rule, unless the whole cluster says it is a test rig. Observe mode never acts: allowed.
+#[test]
+fn test_settings_are_refused_in_enforce_mode_unless_the_cluster_is_a_test_rig() {
+    let dir = std::env::temp_dir().join(format!("pf-check-testing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake_watchdog = dir.join("wd");
+    std::fs::write(&fake_watchdog, "").unwrap();
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/peerfence.example.toml"),
+    )
+    .unwrap();
+    let with = |mode: &str| {
+        let text = example
+            .replace("mode = \"observe\"  ", &format!("mode = \"{mode}\"  "))
+            .replace("# boot_id = \"kernel\"  ", "boot_id = \"per-start\"  ")
+            .replace(
+                "executor = \"system\" ",
+                &format!(
+                    "executor = \"record\"\nrecord_file = \"{}/actions\" ",
+                    dir.display()
+                ),
+            )
+            .replace(
+                "watchdog_device = \"/dev/watchdog\"",
+                &format!("watchdog_device = \"{}\"", fake_watchdog.display()),
+            )
+            .replace("\nenabled = false\n", "\nenabled = true\n");
+        assert!(text.contains("boot_id = \"per-start\""), "{text}");
+        assert!(text.contains("executor = \"record\""), "{text}");
+        assert!(text.contains("\nenabled = true\n"), "{text}");
+        text
+    };
+    let path = dir.join("rig.toml");
+
+    std::fs::write(&path, with("enforce")).unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 configuration problem(s)"), "{err}");
+    assert!(
+        err.contains("node.boot_id = \"per-start\": is a test setting refused in enforce mode"),
+        "{err}"
+    );
+    assert!(
+        err.contains("would look like a reboot of this host"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "local_actions.executor = \"record\": is a test setting refused in enforce mode"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "local_actions.watchdog_device = \"{}\": is not a character device",
+            fake_watchdog.display()
+        )),
+        "{err}"
+    );
+    // Each says how to fix it.
+    assert_eq!(
+        err.matches("set [testing] allow_test_settings = true")
+            .count(),
+        3,
+        "{err}"
+    );
+
+    // The switch, on every member of a test rig: valid, and the summary says so.
+    let rig = with("enforce").replace(
+        "\nallow_test_settings = false\n",
+        "\nallow_test_settings = true\n",
+    );
+    assert!(rig.contains("\nallow_test_settings = true\n"), "{rig}");
+    std::fs::write(&path, rig).unwrap();
+    let out = check(&path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("a test rig ([testing] allow_test_settings = true)")
+    );
+
+    // Observe mode never acts: no switch needed.
+    std::fs::write(&path, with("observe")).unwrap();
+    let out = check(&path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A watchdog device that is not there when check-config runs cannot be judged: not
+    // refused here (the daemon judges it when it opens the device).
+    std::fs::remove_file(&fake_watchdog).unwrap();
+    std::fs::write(&path, with("enforce")).unwrap();
+    let err = String::from_utf8_lossy(&check(&path).stderr).into_owned();
+    assert!(err.contains("2 configuration problem(s)"), "{err}");
+    assert!(!err.contains("local_actions.watchdog_device"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -3,8 +3,8 @@
 //! daemon's own rules; every problem names its field, its value and the rule.
 
 use crate::config::{
-    Config, ConfigError, ConfigErrors, LevelKind, RawCluster, RawConfig, RawFencing, RawSelfFence,
-    RawStorage, RawSwim, RawWatchdog, fmt_duration,
+    Config, ConfigError, ConfigErrors, LevelKind, Mode, RawCluster, RawConfig, RawFencing,
+    RawSelfFence, RawStorage, RawSwim, RawWatchdog, fmt_duration,
 };
 use peerfence_proto::MemberId;
 use serde::{Deserialize, Serialize};
@@ -616,6 +616,9 @@ impl RawDaemonConfig {
             Err(_) => Vec::new(),
         };
         let local = self.validate_local(&mut p);
+        if let Ok(c) = &core {
+            p.0.extend(test_settings_refused(c, boot_id, &local));
+        }
         let hooks = self.hooks.validate(&mut p);
 
         if !p.0.is_empty() {
@@ -881,6 +884,82 @@ impl RawDaemonConfig {
     }
 }
 
+/// How to allow a test setting, the end of every refusal of one.
+const TEST_RIG_FIX: &str = "or, on a test rig (a laptop, CI, the demo), set [testing] allow_test_settings = true in every member's configuration";
+
+/// The host-local settings that void the safety argument on a production cluster, each refused
+/// in enforce mode unless `testing.allow_test_settings` (part of the digest, so the whole
+/// cluster agrees it is a test rig). Observe mode never acts, so it needs no switch.
+fn test_settings_refused(
+    core: &Config,
+    boot_id: BootIdSource,
+    local: &LocalActionsConfig,
+) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    if core.mode != Mode::Enforce || core.test_rig {
+        return out;
+    }
+    let err = |field: &str, value: String, rule: String| ConfigError {
+        field: field.into(),
+        value,
+        rule,
+    };
+    if boot_id == BootIdSource::PerStart {
+        out.push(err(
+            "node.boot_id",
+            "\"per-start\"".into(),
+            format!(
+                "is a test setting refused in enforce mode: every daemon start would look like a reboot of this host, and its peers take a new boot id as proof that its VMs stopped (they would announce VMs that still run safe to recover); use \"kernel\" (the default), {TEST_RIG_FIX}"
+            ),
+        ));
+    }
+    if let Executor::Record(_) = local.executor {
+        out.push(err(
+            "local_actions.executor",
+            "\"record\"".into(),
+            format!(
+                "is a test setting refused in enforce mode: self-fence actions would only be written to record_file, so a host its peers count as fenced or rebooted would keep running its VMs; use \"system\" (the default), {TEST_RIG_FIX}"
+            ),
+        ));
+    }
+    // Only a device present on this host can be judged here; one that is missing now is judged
+    // again when the daemon opens it (see `fake_watchdog_refused`).
+    if core.watchdog.enabled
+        && let Ok(meta) = std::fs::metadata(&local.watchdog_device)
+        && let Some(e) = fake_watchdog_error(core, &local.watchdog_device, meta.file_type())
+    {
+        out.push(e);
+    }
+    out
+}
+
+fn fake_watchdog_error(
+    core: &Config,
+    device: &std::path::Path,
+    kind: std::fs::FileType,
+) -> Option<ConfigError> {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_char_device() || core.mode != Mode::Enforce || core.test_rig {
+        return None;
+    }
+    Some(ConfigError {
+        field: "local_actions.watchdog_device".into(),
+        value: format!("{:?}", device.display().to_string()),
+        rule: format!(
+            "is not a character device (a plain file or FIFO is the tests' fake watchdog) while watchdog.enabled = true, a test setting refused in enforce mode: nothing would reset this host when peerfence stops feeding it, yet its peers confirm fences by that deadline; name the real device (/dev/watchdog, or softdog's), {TEST_RIG_FIX}"
+        ),
+    })
+}
+
+/// The watchdog check of [`RawDaemonConfig::validate`] made again where the device is opened:
+/// `check-config` can only judge a device that exists on the host it runs on. `None` when the
+/// device is a character device, cannot be looked at (opening it will say why), or the
+/// configuration allows test settings or never acts.
+pub fn fake_watchdog_refused(cfg: &DaemonConfig) -> Option<ConfigError> {
+    let meta = std::fs::metadata(&cfg.local.watchdog_device).ok()?;
+    fake_watchdog_error(&cfg.core, &cfg.local.watchdog_device, meta.file_type())
+}
+
 impl DaemonConfig {
     /// Lines worth printing at start-up and by `check-config`: derived deadlines, and what this
     /// build does with each fence level.
@@ -924,6 +1003,11 @@ impl DaemonConfig {
                 "local actions are only recorded in {} (executor = \"record\")",
                 f.display()
             ));
+        }
+        if c.test_rig {
+            lines.push(
+                "a test rig ([testing] allow_test_settings = true): per-start boot ids, the record executor and fake watchdogs are allowed in enforce mode".into(),
+            );
         }
         lines.extend(self.hooks.summary());
         lines

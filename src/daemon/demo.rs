@@ -494,6 +494,11 @@ record_file = {record}
 
 [http]
 listen = "127.0.0.1:{http}"
+
+[testing]
+# This cluster is a test rig: per-start boot ids and the record executor above are refused in
+# enforce mode without it (every member must say so: it is in the configuration digest).
+allow_test_settings = true
 "#,
             name = h.name,
             data = p(&d.join("data").join(&h.name)),

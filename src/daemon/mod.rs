@@ -156,6 +156,11 @@ pub enum DaemonError {
         "watchdog.enabled = true, but the watchdog cannot be relied on: {0}; use a driver with magic close that resets the host (most hardware watchdogs; softdog)"
     )]
     WatchdogUnsafe(String),
+    /// A test-only setting found when the daemon used it (`check-config` could not judge it).
+    #[error(
+        "{0} (found when the device was opened: check-config judges only a device that exists on the host it runs on); refusing to start"
+    )]
+    TestSetting(crate::config::ConfigError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -288,6 +293,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     }
     let agents = Arc::new(agents);
     let watchdog = if core.watchdog.enabled {
+        if let Some(e) = config::fake_watchdog_refused(&cfg) {
+            return Err(DaemonError::TestSetting(e));
+        }
         let dev = watchdog::Device::open(&cfg.local.watchdog_device, core.watchdog.timeout)
             .map_err(DaemonError::Watchdog)?;
         tracing::info!(device = %cfg.local.watchdog_device.display(), timeout_s = ?dev.timeout_secs(), "watchdog opened");

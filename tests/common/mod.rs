@@ -80,7 +80,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Writes certificates and configurations for `n` members (none started).
+    /// Writes certificates and configurations for `n` members (none started). Every member
+    /// allows test settings (per-start boot ids, the record executor, plain-file watchdogs):
+    /// this is a test rig.
     pub fn new(tag: &str, n: usize, tweak: &str) -> Self {
         Self::new_with(tag, n, "observe", |_, _| tweak.to_owned())
     }
@@ -178,6 +180,9 @@ paths = ["{d}/shared"]
 
 {self_fence}
 {fencing}
+[testing]
+allow_test_settings = true
+
 [http]
 listen = "127.0.0.1:{http}"
 {tweak}
