@@ -1,4 +1,4 @@
-//! The `peerfence` command: the daemon (`run`), certificate and key management (`certs`),
+//! The `peerfence` command: the daemon (`init` once, then `run`), certificate and key management (`certs`),
 //! configuration checks (`check-config`), and the operator's commands against a running
 //! daemon (`status`, `fences`, `maintenance`, `arm`, `disarm`, `fence`). `main` stays thin: parse, dispatch, map errors to exit
 //! codes with messages that say what to do.
@@ -27,7 +27,23 @@ enum Command {
     /// Start five daemons on this machine (loopback only) and watch them fence a crashed host
     /// and ride out a storage outage without fencing anyone. Start here.
     Demo(peerfence::daemon::demo::Args),
-    /// Run the peer daemon.
+    /// Create this member's durable state in node.data_dir: once before its first `run`, and
+    /// again after the state was lost.
+    ///
+    /// `run` never starts from nothing. If this host's heartbeat slot on the shared storage shows
+    /// that it ran before (its state was lost: a wiped disk, a deleted file), the state recovers
+    /// above its last generation and the member votes for nothing until its old promises have
+    /// lapsed. Refuses when the state file exists.
+    Init {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Go ahead even when no storage path can be read. The generation this host last used
+        /// is then unknown: only for a host that never ran peerfence in this cluster.
+        #[arg(long)]
+        no_storage: bool,
+    },
+    /// Run the peer daemon (after `peerfence init`).
     Run {
         /// Configuration file.
         #[arg(long, short)]
@@ -187,6 +203,7 @@ enum CertsCommand {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Demo(args) => ExitCode::from(peerfence::daemon::demo::run(&args) as u8),
+        Command::Init { config, no_storage } => init(&config, no_storage),
         Command::Run { config } => run(&config),
         Command::CheckConfig { path } => check_config(&path),
         Command::Certs { command } => certs_command(command),
@@ -291,6 +308,25 @@ fn run(path: &Path) -> ExitCode {
             // A state-file write stuck on a dead disk never returns: dropping the runtime would
             // wait for it forever, and a daemon that must stop would linger instead of exiting.
             runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init(path: &Path, no_storage: bool) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match store::init(&cfg, no_storage) {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::from(1)
         }
     }

@@ -345,7 +345,16 @@ impl Cluster {
                 starting: false,
             });
         }
-        self.assign_ports()
+        self.assign_ports()?;
+        // What `peerfence init` does once on each host before its first start.
+        for i in 0..HOSTS {
+            let cfg = RawDaemonConfig::from_toml(&self.config_text(i))
+                .and_then(|raw| raw.validate())
+                .map_err(|e| setup(format!("{}: {e}", self.hosts[i].name)))?;
+            super::store::init(&cfg, false)
+                .map_err(|e| setup(format!("peerfence init of {}: {e}", self.hosts[i].name)))?;
+        }
+        Ok(())
     }
 
     /// Picks ports by binding every one of them at once (so they are distinct and free right

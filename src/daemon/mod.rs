@@ -259,9 +259,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         .collect();
     let tls = certs::Tls::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key, names)?;
     let boot = boot_id(cfg.boot_id)?;
-    let store = store::StateFile::open(&cfg.data_dir)?;
-    let durable = store.load()?;
-    let on_disk = durable.as_ref().map_or(0, |d| d.generation);
+    // Never from nothing: `peerfence init` made this state, or recovered it after a loss.
+    let store = store::StateFile::at(&cfg.data_dir);
+    let durable = store.load_initialized(core.cluster.as_str(), core.roster.name(cfg.me))?;
+    let on_disk = durable.generation;
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed)
         .map_err(|e| DaemonError::BootId("getrandom".into(), e.to_string()))?;
@@ -270,7 +271,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         cfg.me,
         vote,
         boot,
-        durable,
+        Some(durable),
         u64::from_le_bytes(seed),
         clock.now(),
     )?;

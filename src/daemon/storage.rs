@@ -80,6 +80,92 @@ pub fn init_marker(dir: &Path, cluster: &str) -> Result<String, String> {
     Ok(format!("{}: marker for {cluster} written", dir.display()))
 }
 
+/// What `peerfence init` found of this host in its own heartbeat slot on one shared path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnSlot {
+    /// No slot: this host never wrote a heartbeat on this path.
+    Empty,
+    /// The generation of its last record, and whether that record was a clean stop.
+    Record {
+        /// Its generation.
+        generation: u32,
+        /// A `Stopped` record (a clean stop), not a `Heartbeat`.
+        stopped: bool,
+    },
+    /// Something else is in the slot (not a heartbeat record of this cluster).
+    Foreign,
+}
+
+/// Reads this host's own heartbeat slot `PATH/NAME.hb` on every shared path, for
+/// `peerfence init`: each path's marker first (a path without it is not the shared storage, and
+/// an empty slot there would prove nothing), every path at once, each bounded by
+/// `storage.write_timeout` (a hung NFS mount gives up rather than hanging init). A path that
+/// cannot be read gives the reason.
+///
+/// A record counts when it names this cluster, whatever its digest and member id: the
+/// configuration (and with it the roster's ids) may have changed since the record was written,
+/// and a generation that was used stays used.
+pub fn own_slots(cfg: &Arc<Config>, me: MemberId) -> Vec<(PathBuf, Result<OwnSlot, String>)> {
+    let abandoned = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = cfg
+        .storage
+        .paths
+        .iter()
+        .map(|dir| {
+            let dir = PathBuf::from(dir);
+            let file = slot(&dir, cfg.roster.name(me), "hb");
+            let (cfg, abandoned) = (cfg.clone(), abandoned.clone());
+            let timeout = cfg.storage.write_timeout;
+            std::thread::spawn(move || {
+                let (d, f) = (dir.clone(), file.clone());
+                let job = move || -> Result<OwnSlot, String> {
+                    check_marker(&d, cfg.cluster.as_str())?;
+                    let Some(bytes) =
+                        read_slot(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?
+                    else {
+                        return Ok(OwnSlot::Empty);
+                    };
+                    Ok(match peerfence_proto::decode_storage(&bytes) {
+                        Ok(rec) if rec.cluster == cfg.cluster => match rec.body {
+                            StorageBody::Heartbeat(r) => OwnSlot::Record {
+                                generation: r.generation,
+                                stopped: false,
+                            },
+                            StorageBody::Stopped(r) => OwnSlot::Record {
+                                generation: r.generation,
+                                stopped: true,
+                            },
+                            _ => OwnSlot::Foreign,
+                        },
+                        _ => OwnSlot::Foreign,
+                    })
+                };
+                let result = match with_timeout(&abandoned, timeout, job) {
+                    Ok(r) => r,
+                    Err(()) => Err(format!(
+                        "{} did not answer within storage.write_timeout ({})",
+                        dir.display(),
+                        crate::config::fmt_duration(timeout)
+                    )),
+                };
+                (file, result)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .zip(&cfg.storage.paths)
+        .map(|(h, dir)| {
+            h.join().unwrap_or_else(|_| {
+                (
+                    PathBuf::from(dir),
+                    Err("the reading thread failed".to_owned()),
+                )
+            })
+        })
+        .collect()
+}
+
 /// Abandoned (hung) workers allowed per supervisor.
 pub const MAX_ABANDONED: usize = 4;
 

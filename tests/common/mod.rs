@@ -80,9 +80,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Writes certificates and configurations for `n` members (none started). Every member
-    /// allows test settings (per-start boot ids, the record executor, plain-file watchdogs):
-    /// this is a test rig.
+    /// Writes certificates and configurations for `n` members and initialises their data
+    /// directories (`peerfence init`; none started). Every member allows test settings (per-start
+    /// boot ids, the record executor, plain-file watchdogs): this is a test rig.
     pub fn new(tag: &str, n: usize, tweak: &str) -> Self {
         Self::new_with(tag, n, "observe", |_, _| tweak.to_owned())
     }
@@ -221,7 +221,30 @@ listen = "127.0.0.1:{http}"
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Self { dir, members }
+        let c = Self { dir, members };
+        // Every member's data directory, as an operator makes it once before the first start.
+        for i in 0..n {
+            c.init(i);
+        }
+        c
+    }
+
+    /// `peerfence init` for member `i`; panics with its output unless it succeeds. Returns its
+    /// standard output.
+    pub fn init(&self, i: usize) -> String {
+        let out = Command::new(bin())
+            .args(["init", "--config"])
+            .arg(&self.members[i].config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init of {}: {}{}",
+            self.members[i].name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn start(&mut self, i: usize) {
@@ -237,6 +260,15 @@ listen = "127.0.0.1:{http}"
             .unwrap();
         m.child = Some(child);
         m.started = Some(Instant::now());
+    }
+
+    /// Waits (bounded) until member `i`'s process exits; its exit status, `None` if it still
+    /// runs (then it is left running).
+    pub fn wait_exit(&mut self, i: usize, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.members[i].child.as_mut()?;
+        let status = wait_for(limit, || child.try_wait().ok().flatten())?;
+        self.members[i].child = None;
+        Some(status)
     }
 
     /// SIGKILL, then reap.
