@@ -258,9 +258,16 @@ impl DurableState {
         bincode::serde::encode_to_vec(self, cfg).unwrap_or_default()
     }
 
-    /// Decodes stored bytes.
+    /// Decodes stored bytes (this format, or format 1 of the first releases, converted).
     pub fn decode(bytes: &[u8]) -> Result<Self, DurableError> {
         let cfg = bincode::config::standard().with_limit::<MAX_DURABLE_BYTES>();
+        // The format comes first, whatever the version.
+        let found: u32 = bincode::serde::decode_from_slice::<u32, _>(bytes, cfg)
+            .map(|(f, _)| f)
+            .map_err(|e| DurableError::Corrupt(e.to_string()))?;
+        if found == 1 {
+            return v1::decode(bytes, cfg);
+        }
         let (state, used): (DurableState, usize) = bincode::serde::decode_from_slice(bytes, cfg)
             .map_err(|e| DurableError::Corrupt(e.to_string()))?;
         if used != bytes.len() {
@@ -679,6 +686,63 @@ impl DurableState {
     }
 }
 
+/// Format 1 (the first releases): the same fields up to `open_rounds`, none of the later ones.
+mod v1 {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct V1 {
+        pub format: u32,
+        pub generation: u32,
+        pub boot: Option<BootId>,
+        pub promises: Vec<Promise>,
+        pub slots: Vec<SlotReservation>,
+        pub fence_log: VecDeque<FenceRecord>,
+        pub fenced: Vec<FencedBoot>,
+        pub armed: ArmState,
+        pub maintenance: Vec<MaintenanceState>,
+        pub watchdog_stopped_for: Option<BootId>,
+        pub round_counter: u32,
+        pub roster: Vec<String>,
+        pub open_rounds: Vec<Proposal>,
+    }
+
+    pub(super) fn decode<C: bincode::config::Config>(
+        bytes: &[u8],
+        cfg: C,
+    ) -> Result<DurableState, DurableError> {
+        let (old, used): (V1, usize) = bincode::serde::decode_from_slice(bytes, cfg)
+            .map_err(|e| DurableError::Corrupt(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(DurableError::Corrupt(format!(
+                "{} trailing bytes",
+                bytes.len() - used
+            )));
+        }
+        debug_assert_eq!(old.format, 1);
+        Ok(DurableState {
+            format: DURABLE_FORMAT,
+            generation: old.generation,
+            // Format 1 was written by a daemon whose clock started with its process: its
+            // instants mean nothing on the boot clock. `boot: None` makes the next start
+            // re-arm every one of them from "now" with its full length (never shorter).
+            boot: None,
+            promises: old.promises,
+            slots: old.slots,
+            fence_log: old.fence_log,
+            fenced: old.fenced,
+            armed: old.armed,
+            maintenance: old.maintenance,
+            // Names a boot id, not an instant: still true.
+            watchdog_stopped_for: old.watchdog_stopped_for,
+            round_counter: old.round_counter,
+            roster: old.roster,
+            open_rounds: old.open_rounds,
+            ..DurableState::new()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,6 +795,44 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(DurableState::decode(&extra).is_err());
+    }
+
+    /// A state file of format 1 (the first releases) still loads, its instants re-armed at the
+    /// next start (it was written on a clock that restarted with the process).
+    #[test]
+    fn format_1_loads_and_its_instants_are_rearmed() {
+        let mut old = DurableState::new();
+        old.grant(promise(2, 100, 30_000_000));
+        let v1 = v1::V1 {
+            format: 1,
+            generation: 7,
+            boot: Some(BootId([1; 16])),
+            promises: old.promises.clone(),
+            slots: Vec::new(),
+            fence_log: VecDeque::new(),
+            fenced: vec![FencedBoot {
+                member: MemberId(3),
+                boot: BootId([3; 16]),
+            }],
+            armed: old.armed,
+            maintenance: Vec::new(),
+            watchdog_stopped_for: None,
+            round_counter: 4,
+            roster: vec!["a".into(), "b".into()],
+            open_rounds: Vec::new(),
+        };
+        let cfg = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(&v1, cfg).unwrap();
+        let mut s = DurableState::decode(&bytes).unwrap();
+        assert_eq!(s.format, DURABLE_FORMAT);
+        assert_eq!(s.generation, 7);
+        assert_eq!(s.fenced_boot(MemberId(3)), Some(BootId([3; 16])));
+        // Same boot id, but the old instants are re-armed from now, in full.
+        assert!(s.rebase(BootId([1; 16]), Instant::from_micros(5_000_000_000)));
+        assert_eq!(
+            s.promises[0].expires_at,
+            Instant::from_micros(5_000_000_000 + 30_000_000)
+        );
     }
 
     #[test]

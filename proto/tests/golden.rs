@@ -192,6 +192,57 @@ fn golden_storage_records() {
     check("StorageRecord::Heartbeat", &bytes, GOLDEN_HEARTBEAT);
 }
 
+/// Variants appended in the "safety at the seams" round: the clean-stop record, fence news, the
+/// operator fence and the new refusal reasons. Appending keeps every older byte as it was.
+#[test]
+fn golden_appended_variants() {
+    let stopped = StorageRecord {
+        cluster: cluster(),
+        digest: ConfigDigest(42),
+        body: StorageBody::Stopped(HeartbeatRecord {
+            member: MemberId(2),
+            boot: BootId([0x11; 16]),
+            generation: 3,
+            counter: 7,
+        }),
+    };
+    let bytes = encode_storage(&stopped).unwrap();
+    assert_eq!(decode_storage(&bytes).unwrap(), stopped);
+    check("StorageRecord::Stopped", &bytes, GOLDEN_STOPPED);
+
+    let news = FenceNews {
+        batch: 9,
+        part: 0,
+        parts: 1,
+        items: vec![NewsItem {
+            qc: QuorumCertificate {
+                proposal: Proposal {
+                    kind: FenceKind::Operator,
+                    ..proposal()
+                },
+                votes: vec![signed_vote(0)],
+            },
+            outcome: None,
+        }],
+        slots: vec![(0, MemberId(3), BootId([0xb0; 16]))],
+    };
+    let bytes = roundtrip(&envelope(Message::FenceNews(news)));
+    check("FenceNews", &bytes, GOLDEN_FENCE_NEWS);
+
+    for (reason, golden) in [
+        (RefuseReason::TargetLeft, GOLDEN_REFUSE_LEFT),
+        (RefuseReason::FenceInFlight, GOLDEN_REFUSE_IN_FLIGHT),
+        (RefuseReason::Recovering, GOLDEN_REFUSE_RECOVERING),
+    ] {
+        let bytes = roundtrip(&envelope(Message::Refuse(Refusal {
+            proposal: proposal(),
+            voter: MemberId(2),
+            reason,
+        })));
+        check("Refuse", &bytes, golden);
+    }
+}
+
 #[test]
 fn golden_swim_header() {
     use bytes::BufMut;
@@ -250,3 +301,8 @@ const GOLDEN_CONTACT: &str =
     "010870726f642d6b766dfdefcdab896745230101070103333333333333333333333333333333334d";
 const GOLDEN_CONTACT_ACK: &str = "010870726f642d6b766dfdefcdab8967452301010801034d00";
 const GOLDEN_LEAVE: &str = "040409";
+const GOLDEN_STOPPED: &str = "010870726f642d6b766d2a0202111111111111111111111111111111110307";
+const GOLDEN_FENCE_NEWS: &str = "010870726f642d6b766dfdefcdab8967452301010a0900010103b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd050000000200000002010001010001fb5014fbd4170000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000010003b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+const GOLDEN_REFUSE_LEFT: &str = "010870726f642d6b766dfdefcdab8967452301010303b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd0500000002000000000100010211";
+const GOLDEN_REFUSE_IN_FLIGHT: &str = "010870726f642d6b766dfdefcdab8967452301010303b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd0500000002000000000100010212";
+const GOLDEN_REFUSE_RECOVERING: &str = "010870726f642d6b766dfdefcdab8967452301010303b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd0500000002000000000100010213";
