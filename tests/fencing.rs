@@ -231,6 +231,69 @@ fn a_frozen_host_that_wakes_up_to_a_pill_for_its_boot_powers_off_and_stops_its_w
     assert_ne!(ha(&c, 0, 3).as_deref(), Some("Fenced"));
 }
 
+/// A clean stop closes the watchdog (the magic `V`) only once too few peers could vote unaware
+/// to make a quorum: stopped while its peers are frozen (to them a silent host, which they will
+/// fence), the daemon leaves its watchdog armed and says so; stopped while its peers answer, it
+/// closes the watchdog.
+#[test]
+fn a_clean_stop_closes_the_watchdog_only_once_its_peers_heard_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = pill_cluster("leave-wd");
+    prepare_hosts(&c);
+    make_fake_watchdogs(&c);
+    let pids: Vec<u32> = (0..4).map(|i| start_host(&mut c, i)).collect();
+    assert_cluster_forms(&c);
+    let dir = c.dir.clone();
+    let wd = |i: usize| dir.join(format!("wd-n{i}"));
+    for i in [2, 3] {
+        assert!(
+            wait_for(Duration::from_secs(10), || (file_len(&wd(i)) >= 3)
+                .then_some(()))
+            .is_some()
+        );
+    }
+
+    // Nobody hears n2: its three peers are frozen. A quorum (3) of them could vote unaware.
+    for i in [0, 1, 3] {
+        signal(pids[i], "-STOP");
+    }
+    signal(pids[2], "-TERM");
+    let (status, log) = exit_of(&mut c, 2);
+    for i in [0, 1, 3] {
+        signal(pids[i], "-CONT");
+    }
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    assert!(
+        log.contains("too few peers acknowledged this clean stop"),
+        "{log}"
+    );
+    assert!(
+        !std::fs::read_to_string(wd(2)).unwrap().ends_with('V'),
+        "an unheard stop must leave the watchdog armed"
+    );
+
+    // n3 stops while n0 and n1 answer: two acknowledgements leave one unaware peer (n2), fewer
+    // than a quorum.
+    assert!(
+        wait_for(Duration::from_secs(20), || all_alive(&c, &[0, 1, 3])
+            .then_some(()))
+        .is_some(),
+        "{}",
+        c.log(0)
+    );
+    signal(pids[3], "-TERM");
+    let (status, log) = exit_of(&mut c, 3);
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    assert!(
+        log.contains("the cluster knows of this clean stop"),
+        "{log}"
+    );
+    assert!(
+        std::fs::read_to_string(wd(3)).unwrap().ends_with('V'),
+        "a heard stop magic-closes the watchdog:\n{log}"
+    );
+}
+
 /// Waits for member `i` to exit; returns its exit status and log.
 fn exit_of(c: &mut Cluster, i: usize) -> (Option<std::process::ExitStatus>, String) {
     let child = c.members[i].child.as_mut().unwrap();

@@ -426,6 +426,53 @@ fn agent_death(s: &mut Setup) {
     s.victims = vec![v];
 }
 
+/// A host loses its network and its shared storage (failed, hung, or a private directory with
+/// a copy of the marker), and within 0.3-4 s, before its peers declare it Down, an operator
+/// stops its daemon cleanly. Its Leave reaches nobody and its stop record no shared path: to
+/// the peers it is a silent host, and they fence it. Half the runs with a dead BMC, so that
+/// only the poison pill and the watchdog deadline are left: the deadline is true only if the
+/// stopping daemon left its watchdog armed.
+fn clean_stop_unheard(s: &mut Setup) {
+    s.duration_us = 120 * SEC;
+    let v = s.host();
+    let at = s.at(20, 25);
+    let mode = match s.rng.random_range(0..3) {
+        0 => StorageMode::Private { marker: true },
+        _ => s.lost_storage(),
+    };
+    let bmc_dead = s.rng.random_bool(0.5);
+    if bmc_dead {
+        s.fault(at - SEC, Fault::Bmc(v, BmcMode::Fail));
+    }
+    s.fault(at, Fault::Isolate(v));
+    s.fault(
+        at,
+        Fault::Storage {
+            hosts: vec![v],
+            path: None,
+            mode,
+            until_reboot: false,
+        },
+    );
+    let stop = at + s.rng.random_range(300 * MS..=4 * SEC);
+    s.fault(stop, Fault::StopDaemon(v));
+    s.expected_crashes
+        .push((v, at, Some(if bmc_dead { 90 * SEC } else { 30 * SEC })));
+    s.victims = vec![v];
+}
+
+fn expect_clean_stop_unheard(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = Vec::new();
+    let v = s.victims[0];
+    only_fenced(r, &[v], &mut out);
+    if confirmed(r, v).is_none() {
+        out.push(format!(
+            "h{v}, stopped while nobody could hear it, was never confirmed fenced"
+        ));
+    }
+    out
+}
+
 fn expect_agent_death(s: &Setup, r: &RunResult) -> Vec<String> {
     let mut out = expect_quiet(s, r);
     let v = s.victims[0];
@@ -1501,6 +1548,14 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 4,
         build: clean_stop_then_restarts,
         expect: expect_clean_stop,
+    },
+    Scenario {
+        name: "clean-stop-unheard",
+        about: "a host loses network and shared storage, and its daemon is stopped cleanly before its peers see it Down: nobody heard the stop, so it keeps its watchdog armed; the peers fence it (by power, or with a dead BMC by pill and watchdog deadline) and the deadline is true",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: clean_stop_unheard,
+        expect: expect_clean_stop_unheard,
     },
     Scenario {
         name: "clean-stop-operator-fence",

@@ -369,6 +369,9 @@ pub struct Host {
     daemon_wanted: bool,
     /// Ground truth: the daemon was stopped cleanly and has not started since.
     pub clean_stopped: bool,
+    /// A daemon stopping cleanly, waiting (at most `Node::leave_wait`) for its stop to be known
+    /// before it closes the watchdog: the node, its epoch, and whether it was feeding.
+    leaving: Option<(Box<Node>, u64, bool)>,
     /// Reads per path, apart from the storage mode.
     pub reads: Vec<ReadMode>,
     /// Per path: writes under way that hang (they land when the path answers again).
@@ -552,6 +555,8 @@ enum Ev {
     },
     /// Ask every daemon what it would tell a cloud about every member.
     CloudPoll,
+    /// A stopping daemon of (host, epoch) gives up waiting for its stop to be known.
+    LeaveDeadline(usize, u64),
 }
 
 /// A fence start seen in a run.
@@ -784,6 +789,7 @@ impl World {
                     next_wake: None,
                     daemon_wanted: true,
                     clean_stopped: false,
+                    leaving: None,
                     reads: vec![ReadMode::Normal; paths],
                     hung: vec![Vec::new(); paths],
                     frozen_view: None,
@@ -944,7 +950,15 @@ impl World {
                 }
             }
             Ev::Deliver { to, from, bytes } => {
-                if self.net.open(from, to) {
+                if self.net.open(from, to) && self.hosts[to].leaving.is_some() {
+                    self.feed_leaving(
+                        to,
+                        Input::Datagram {
+                            from: MemberId(from as u16),
+                            bytes,
+                        },
+                    );
+                } else if self.net.open(from, to) {
                     self.feed(
                         to,
                         Input::Datagram {
@@ -979,7 +993,7 @@ impl World {
                 // A write lands only if the host still runs the boot that issued it.
                 let hs = &self.hosts[host];
                 if hs.os == Os::Running && hs.boot == record.boot {
-                    self.land(host, path, record, stopped);
+                    self.land(host, path, record, stopped, true);
                 }
             }
             Ev::HbRead(h, epoch) => self.hb_read(h, epoch),
@@ -1021,6 +1035,9 @@ impl World {
             }),
             Ev::Fault(f) => self.fault(f),
             Ev::Restart(h) => {
+                // A restart waits for the stopping daemon to finish (systemd stops, then
+                // starts); here its wait ends now.
+                self.finish_leave(h);
                 self.hosts[h].daemon_wanted = true;
                 if self.hosts[h].os == Os::Running && self.hosts[h].node.is_none() {
                     self.start_daemon(h);
@@ -1035,7 +1052,7 @@ impl World {
             Ev::HungLand { host, path, record } => {
                 let hs = &self.hosts[host];
                 if hs.os == Os::Running && hs.boot == record.boot {
-                    self.land(host, path, record, false);
+                    self.land(host, path, record, false, false);
                 }
             }
             Ev::ReadDone {
@@ -1045,6 +1062,11 @@ impl World {
                 view,
             } => self.deliver_read(host, epoch, path, &view),
             Ev::CloudPoll => self.cloud_poll(),
+            Ev::LeaveDeadline(h, epoch) => {
+                if self.hosts[h].leaving.as_ref().is_some_and(|l| l.1 == epoch) {
+                    self.finish_leave(h);
+                }
+            }
         }
     }
 
@@ -1111,22 +1133,39 @@ impl World {
         hs.persist_inflight = None;
         if hs.disk.is_none() && hs.max_generation > 0 {
             // The state file is gone but this host ran before: the operator's `peerfence init`
-            // recovers, taking a generation above the one in the host's own heartbeat slot.
-            let slot = self
-                .storage
-                .hb
-                .iter()
-                .filter_map(|p| p[h].map(|(r, _, _)| r.generation))
-                .max();
+            // recovers, taking a generation above the one in the host's own heartbeat slot. It
+            // reads the slots as this host reaches them now (a hung or failed path does not
+            // answer within its timeout; a private directory shows what was written there), as
+            // `peerfence init` does; reading the shared truth instead let a generation that ran
+            // while its writes hung be taken again (seed 4817 of `random`).
+            let mut readable = 0;
+            let mut slot: Option<u32> = None;
+            for path in 0..self.storage.hb.len() {
+                let record = match self.hosts[h].storage[path] {
+                    StorageMode::Ok | StorageMode::Slow { .. } => self.storage.hb[path][h],
+                    StorageMode::Private { marker: true } => self.hosts[h].private[path].hb[h],
+                    StorageMode::Private { marker: false }
+                    | StorageMode::Fail
+                    | StorageMode::Hang => continue,
+                };
+                readable += 1;
+                if let Some((r, _, _)) = record {
+                    slot = slot.max(Some(r.generation));
+                }
+            }
             let hs = &mut self.hosts[h];
             match slot {
                 Some(g) => {
                     hs.disk = Some(DurableState::recovered(g.saturating_add(RECOVER_MARGIN)))
                 }
+                // Readable, and this host's slot is empty everywhere: init takes it for a first
+                // start (the data directory's marker is gone with it).
+                None if readable > 0 => hs.disk = Some(DurableState::new()),
                 None => {
-                    // Nothing to recover from (storage down): init refuses; systemd retries.
+                    // No path answers: init refuses; systemd retries.
                     self.trace(Some(h), || {
-                        "init refuses: no slot to recover the generation from".into()
+                        "init refuses: no storage path can be read to recover the generation from"
+                            .into()
                     });
                     self.after(10 * SEC, Ev::Restart(h));
                     return;
@@ -1166,7 +1205,10 @@ impl World {
         }
         self.mark_minorities();
         let hs = &mut self.hosts[h];
-        hs.max_generation = hs.max_generation.max(node.generation());
+        // The generation counts as run once it is on disk (persist completions record it):
+        // nothing carrying it leaves before, so a crash before its first persist may start it
+        // again harmlessly (seed 5278 of `random`: a watchdog reset 0.2 s after the start,
+        // while a slow disk held the persist).
         hs.node = Some(Box::new(node));
         hs.next_wake = None;
         let epoch = hs.epoch;
@@ -1202,23 +1244,88 @@ impl World {
             .as_ref()
             .is_some_and(|n| n.status().watchdog_feeding);
         let hs = &mut self.hosts[h];
-        hs.node = None;
+        let node = hs.node.take();
+        let epoch = hs.epoch;
         hs.epoch += 1;
         hs.next_wake = None;
         hs.daemon_wanted = false;
-        hs.clean_stopped = feeding || !hs.wd_armed;
-        if feeding {
-            hs.wd_armed = false;
-        }
         hs.held.clear();
         hs.pending.clear();
         hs.persist_inflight = None;
         hs.blocked_until = None;
+        if let Some(node) = node {
+            let wait = node.leave_wait().as_micros() as u64;
+            hs.leaving = Some((node, epoch, feeding));
+            self.after(wait, Ev::LeaveDeadline(h, epoch));
+        }
         self.mark_minorities();
-        self.trace(Some(h), || "daemon stopped cleanly (VMs run on)".into());
+        self.trace(Some(h), || "daemon stops cleanly (VMs run on)".into());
+        if self.hosts[h]
+            .leaving
+            .as_ref()
+            .is_some_and(|l| l.0.leave_progress().is_none_or(|p| p.known()))
+        {
+            self.finish_leave(h);
+        }
+    }
+
+    /// Feeds a stopping daemon (its stop's acknowledgements and record reports), which closes
+    /// its watchdog as soon as the stop is known.
+    fn feed_leaving(&mut self, h: usize, input: Input) {
+        let local = self.hosts[h].dlocal(self.now);
+        let outs: Vec<Output> = {
+            let Some((node, _, _)) = self.hosts[h].leaving.as_mut() else {
+                return;
+            };
+            node.handle(local, input);
+            // A stopping node persists the stops of peers it learns, then acknowledges them.
+            std::iter::from_fn(|| node.poll_output()).collect()
+        };
+        for o in outs {
+            match o {
+                Output::Persist(state) => {
+                    let hs = &mut self.hosts[h];
+                    hs.max_generation = hs.max_generation.max(state.generation);
+                    hs.disk = Some(*state);
+                }
+                o @ Output::Send { .. } => self.output_one(h, o, &mut 0),
+                _ => {}
+            }
+        }
+        if self.hosts[h]
+            .leaving
+            .as_ref()
+            .is_some_and(|l| l.0.leave_progress().is_none_or(|p| p.known()))
+        {
+            self.finish_leave(h);
+        }
+    }
+
+    /// The stopping daemon exits: it magic-closes the watchdog if the stop is known and the core
+    /// was feeding; otherwise the watchdog (if armed) resets the host, as its peers expect of
+    /// a silent host.
+    fn finish_leave(&mut self, h: usize) {
+        let Some((node, _, feeding)) = self.hosts[h].leaving.take() else {
+            return;
+        };
+        let known = node.leave_progress().is_none_or(|p| p.known());
+        let hs = &mut self.hosts[h];
+        hs.clean_stopped = known && (feeding || !hs.wd_armed);
+        if known && feeding {
+            hs.wd_armed = false;
+        }
+        self.trace(Some(h), || {
+            if known {
+                "daemon stopped cleanly (VMs run on)".into()
+            } else {
+                "daemon stopped, but nobody knows: the watchdog stays armed".into()
+            }
+        });
     }
 
     fn crash_daemon(&mut self, h: usize, restart_after: Option<u64>) {
+        // A stopping daemon killed in its wait closes the watchdog without the magic close.
+        self.hosts[h].leaving = None;
         if self.hosts[h].node.is_none() {
             return;
         }
@@ -1248,6 +1355,7 @@ impl World {
         self.clear_daemon_state(h);
         let hs = &mut self.hosts[h];
         hs.node = None;
+        hs.leaving = None;
         hs.epoch += 1;
         hs.next_wake = None;
         hs.vms_running = false;
@@ -2058,10 +2166,23 @@ impl World {
         }
     }
 
-    /// A write becomes visible on shared storage.
-    fn land(&mut self, host: usize, path: usize, record: HeartbeatRecord, stopped: bool) {
+    /// A write becomes visible on shared storage. `steady` says whether it counts as the host
+    /// writing its heartbeat for I2: a write that hung through an outage and lands when the path
+    /// answers again (up to four of them at once) is news that the storage came back, not a
+    /// host writing steadily; the writes issued after the return count.
+    fn land(
+        &mut self,
+        host: usize,
+        path: usize,
+        record: HeartbeatRecord,
+        stopped: bool,
+        steady: bool,
+    ) {
         let digest = self.host_cfg[host].digest().0;
         self.storage.hb[path][host] = Some((record, stopped, digest));
+        if !steady {
+            return;
+        }
         let hs = &mut self.hosts[host];
         hs.writes.push_back(self.now);
         while hs.writes.len() > 32 {

@@ -155,6 +155,15 @@ fn clean_stop_then_restarts() {
     assert_eq!(s.safe_to_recover_total, 0);
 }
 
+/// Issue 10 §1: a clean stop nobody could hear (network and shared storage lost just before)
+/// is not a clean stop: the daemon keeps its watchdog armed and its peers fence it, by power or
+/// by a watchdog deadline that is then true. Found by seed 8234 of `random`.
+#[test]
+fn clean_stop_unheard() {
+    let s = run_seam("clean-stop-unheard");
+    assert!(s.fences_total >= s.runs as usize);
+}
+
 /// Issue 10 §1: only an operator's explicit fence fences a host that left, and only power Off
 /// confirms it.
 #[test]

@@ -137,7 +137,10 @@ impl Validate for Message {
             Message::Release(r) => r.proposal.validate(),
             Message::Certificate(qc) => qc.validate(),
             Message::Outcome(o) => o.proposal.validate(),
-            Message::Contact(_) | Message::ContactAck(_) | Message::Leave(_) => Ok(()),
+            Message::Contact(_)
+            | Message::ContactAck(_)
+            | Message::Leave(_)
+            | Message::LeaveAck(_) => Ok(()),
             Message::FenceNews(n) => {
                 if n.items.len() > crate::messages::NEWS_ITEMS_MAX
                     || n.slots.len() > crate::messages::NEWS_SLOTS_MAX

@@ -452,6 +452,11 @@ pub enum Message {
     /// member that starts or comes back, so that it learns certificates and outcomes it missed
     /// (and, after losing its state, the budget slots it had reserved).
     FenceNews(FenceNews),
+    /// "I have recorded your clean stop" (durably, before sending): the answer to a [`Leave`]
+    /// naming the leaver and the generation that stopped. A stopping daemon magic-closes its
+    /// watchdog only once enough members know (or its slot took the stop record): a stop nobody
+    /// heard is, to its peers, a silent host they will fence.
+    LeaveAck(LeaveNotice),
 }
 
 /// Certificates carried in one [`FenceNews`] message at most (a certificate of 128 votes is
@@ -533,6 +538,7 @@ impl Message {
             Message::ContactAck(_) => "contact_ack",
             Message::Leave(_) => "leave",
             Message::FenceNews(_) => "fence_news",
+            Message::LeaveAck(_) => "leave_ack",
         }
     }
 }

@@ -445,14 +445,75 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     // Every held output (the clean-stop notices, the last heartbeat record) goes out, each after
     // the persist it follows.
     shell.flush(&mut node).await?;
+    // The watchdog is closed only once the stop is known: to peers that never heard it, this
+    // host is silent, and they fence it (by a deadline too, which only a reset makes true).
+    let known = leave_known(&mut shell, &mut node, &mut rx).await?;
     stop.store(true, Ordering::SeqCst);
     if let Some(w) = shell.watchdog.take() {
-        // Magic close unless the core stopped feeding (then the reset must still come).
-        w.close();
+        if known {
+            // Magic close unless the core stopped feeding (then the reset must still come).
+            w.close();
+        } else {
+            // Closed without the magic character, as a crash would: the countdown runs on.
+            drop(w);
+        }
     }
     shell.transport.close(Duration::from_secs(1)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// After the clean-stop notices went out: waits (at most [`Node::leave_wait`]) until enough peers
+/// acknowledged the stop (or stop too) that no quorum could vote to fence this host unaware,
+/// feeding the node what arrives. Says in the log which it was, or what was missing.
+async fn leave_known(
+    shell: &mut Shell,
+    node: &mut Node,
+    rx: &mut mpsc::Receiver<Msg>,
+) -> Result<bool, DaemonError> {
+    let wait = node.leave_wait();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let Some(progress) = node.leave_progress() else {
+            return Ok(true);
+        };
+        if progress.known() {
+            tracing::info!(
+                acks = progress.acked_by.len(),
+                unaware = progress.unaware,
+                "the cluster knows of this clean stop: fewer than a quorum ({}) of peers could vote unaware",
+                progress.quorum
+            );
+            return Ok(true);
+        }
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(Msg::Input(input @ Input::Datagram { .. })) => shell.input(node, input).await?,
+                Some(_) => {}
+                None => return Ok(false),
+            },
+            // A peer's stop learnt meanwhile is persisted before it is acknowledged.
+            done = write_done(&mut shell.write) => shell.written(node, done).await?,
+            _ = tokio::time::sleep_until(deadline) => {
+                let watchdog = shell.watchdog.is_some();
+                tracing::error!(
+                    acks = progress.acked_by.len(),
+                    unaware = progress.unaware,
+                    quorum = progress.quorum,
+                    "too few peers acknowledged this clean stop within {} ({} could still vote unaware, a quorum is {}): to the cluster this host is silent and will be fenced{}",
+                    crate::config::fmt_duration(wait),
+                    progress.unaware,
+                    progress.quorum,
+                    if watchdog {
+                        "; the watchdog stays armed and resets this host, so that a fence confirmed by its deadline is true"
+                    } else {
+                        ""
+                    }
+                );
+                return Ok(false);
+            }
+        }
+    }
 }
 
 fn names_of(core: &crate::config::Config) -> Vec<String> {
@@ -945,11 +1006,12 @@ impl Shell {
                     self.boot,
                 );
                 let paths = cfg.storage.paths.len();
-                let written = tokio::task::spawn_blocking(move || {
+                let took = tokio::task::spawn_blocking(move || {
                     storage::write_stopped(&cfg, me, boot, generation, &writers)
                 })
                 .await
-                .unwrap_or(0);
+                .unwrap_or_else(|_| vec![false; paths]);
+                let written = took.iter().filter(|ok| **ok).count();
                 tracing::info!(
                     generation,
                     written,

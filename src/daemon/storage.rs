@@ -373,15 +373,15 @@ pub struct Writers {
 
 /// The daemon stops on purpose: stops the writers and writes, on every path, a last record of
 /// `generation` marked stopped (each write bounded by `storage.write_timeout`, all paths at
-/// once). Returns how many paths took it; a path that did not is reported in the log (readers
-/// there still learn the stop from the cluster's gossip).
+/// once). Returns, per path, whether it took the record; a path that did not is reported in the
+/// log (readers there still learn the stop from the cluster's gossip).
 pub fn write_stopped(
     cfg: &Arc<Config>,
     me: MemberId,
     boot: BootId,
     generation: u32,
     writers: &Writers,
-) -> usize {
+) -> Vec<bool> {
     writers.stop.store(true, Ordering::SeqCst);
     let counter = writers.counter.fetch_add(1, Ordering::SeqCst) + 1;
     let record = StorageRecord {
@@ -395,7 +395,7 @@ pub fn write_stopped(
         }),
     };
     let Ok(bytes) = peerfence_proto::encode_storage(&record) else {
-        return 0;
+        return vec![false; cfg.storage.paths.len()];
     };
     let abandoned = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = cfg
@@ -425,8 +425,7 @@ pub fn write_stopped(
     handles
         .into_iter()
         .map(|h| h.join().unwrap_or(false))
-        .filter(|ok| *ok)
-        .count()
+        .collect()
 }
 
 /// Starts the writer and reader of every shared path.

@@ -179,6 +179,34 @@ pub enum Input {
     Shutdown,
 }
 
+/// How long a stopping daemon waits for its stop to be known ([`Node::leave_progress`]) before
+/// it gives up and leaves its watchdog armed.
+///
+/// [`Node::leave_progress`]: super::Node::leave_progress
+pub const LEAVE_WAIT: Duration = Duration::from_secs(5);
+
+/// A clean stop in progress, as [`Node::leave_progress`] sees it now.
+///
+/// [`Node::leave_progress`]: super::Node::leave_progress
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaveProgress {
+    /// Peers that recorded the stop (durably, before acknowledging).
+    pub acked_by: Vec<MemberId>,
+    /// Peers that might still vote to fence this host without knowing of its stop: neither
+    /// acknowledged it nor known to have stopped themselves.
+    pub unaware: usize,
+    /// Votes a certificate needs.
+    pub quorum: usize,
+}
+
+impl LeaveProgress {
+    /// Fewer than a quorum could vote unaware: every certificate against this host would need
+    /// the vote of a member that knows (and refuses `TargetLeft`). The watchdog may be closed.
+    pub fn known(&self) -> bool {
+        self.unaware < self.quorum
+    }
+}
+
 /// Fence-agent action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentAction {

@@ -229,6 +229,8 @@ pub struct Node {
     lane_hints: Vec<Instant>,
     stats: Stats,
     stopped: bool,
+    /// A clean stop in progress: the peers that recorded it (see [`Node::leave_progress`]).
+    leave_acks: Option<Vec<MemberId>>,
     /// Fence-news batches sent (numbers them).
     news_batch: u64,
     /// What each peer's latest news batch delivered.
@@ -324,6 +326,7 @@ impl Node {
             lane_hints: vec![Instant::ZERO; usize::from(config.fencing.max_concurrent.get())],
             stats: Stats::default(),
             stopped: false,
+            leave_acks: None,
             news_batch: 0,
             news_heard: vec![news::Heard::default(); n],
             clears: Vec::new(),
@@ -366,6 +369,11 @@ impl Node {
             self.now = now;
         }
         if self.stopped {
+            // A stopping daemon only learns who heard its stop (and who stops too).
+            if let Input::Datagram { from, bytes } = input {
+                self.on_datagram(from, &bytes);
+            }
+            self.persist();
             return;
         }
         match input {
@@ -725,6 +733,16 @@ impl Node {
             return;
         }
         *self.stats.received.entry(env.message.kind()).or_default() += 1;
+        if self.stopped {
+            match env.message {
+                Message::LeaveAck(a) => self.on_leave_ack(from, a),
+                // Peers stopped at the same time (an operator stopping them all) answer each
+                // other, and each counts the others as gone.
+                Message::Leave(l) => self.on_leave(from, l),
+                _ => {}
+            }
+            return;
+        }
         match env.message {
             Message::Swim(packet) => {
                 if let Err(e) = self.swim.handle_packet(self.now, from, &packet) {
@@ -744,6 +762,7 @@ impl Node {
             Message::ContactAck(a) => self.on_contact_ack(from, a),
             Message::Leave(l) => self.on_leave(from, l),
             Message::FenceNews(n) => self.on_fence_news(from, n),
+            Message::LeaveAck(_) => self.stats.drop("leave_ack_not_leaving"),
         }
     }
 
@@ -797,6 +816,61 @@ impl Node {
             return;
         }
         self.apply_leave(l);
+        if self
+            .durable
+            .left_generation(l.member)
+            .is_some_and(|g| g >= l.generation)
+        {
+            // Recorded durably before the leaver hears it: the ack is its licence to close its
+            // watchdog.
+            self.persist();
+            self.send(from, Message::LeaveAck(l), true);
+        }
+    }
+
+    /// A peer recorded this node's clean stop.
+    fn on_leave_ack(&mut self, from: MemberId, a: peerfence_proto::LeaveNotice) {
+        let generation = self.swim.identity().generation;
+        let Some(acks) = self.leave_acks.as_mut() else {
+            return;
+        };
+        if a.member != self.me || a.generation != generation {
+            self.stats.drop("stale_leave_ack");
+            return;
+        }
+        if !acks.contains(&from) {
+            acks.push(from);
+        }
+    }
+
+    /// A clean stop in progress: who recorded it, and how many peers might still vote without
+    /// knowing. The driver magic-closes the watchdog only once [`LeaveProgress::known`]
+    /// (waiting at most [`Node::leave_wait`]): a stop nobody heard is, to the peers, a silent
+    /// host, which they fence and may confirm by a deadline, so the watchdog must then still
+    /// reset it. The stop record in the host's slot does not count: a private directory (a
+    /// mount that failed) takes it as readily as the shared one, and nobody reads it there.
+    pub fn leave_progress(&self) -> Option<LeaveProgress> {
+        let acks = self.leave_acks.as_ref()?;
+        let unaware = self
+            .cfg
+            .roster
+            .ids()
+            .filter(|&m| {
+                m != self.me && !acks.contains(&m) && self.durable.left_generation(m).is_none()
+            })
+            .count();
+        Some(LeaveProgress {
+            acked_by: acks.clone(),
+            unaware,
+            quorum: self.cfg.quorum(),
+        })
+    }
+
+    /// How long a stopping daemon waits for its stop to be known: [`LEAVE_WAIT`], but at most
+    /// half the watchdog timeout, so that the watchdog (fed until the stop, at most a third of
+    /// its timeout before) does not run out while the acknowledgements arrive.
+    pub fn leave_wait(&self) -> std::time::Duration {
+        LEAVE_WAIT.min(self.cfg.watchdog.timeout / 2)
     }
 
     /// `l.member`'s daemon stopped cleanly at `l.generation` (its notice, gossip, or the record it
@@ -1022,6 +1096,7 @@ impl Node {
         self.out.push_back(Output::StopHeartbeat {
             generation: notice.generation,
         });
+        self.leave_acks = Some(Vec::new());
         self.stopped = true;
     }
 

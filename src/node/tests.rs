@@ -477,6 +477,67 @@ fn a_cleanly_stopped_daemon_is_not_fenced() {
     );
 }
 
+/// A stopping daemon may close its watchdog only once fewer than a quorum of peers could vote
+/// to fence it unaware: in a cluster of 5 (quorum 3), after two acknowledgements, each sent
+/// after the acknowledging peer persisted the stop.
+#[test]
+fn a_clean_stop_is_known_after_all_but_a_quorum_less_one_acknowledged() {
+    let mut c = settled(5, |_| {});
+    // Only h0 and h1 hear h3's notice.
+    for to in [2, 4] {
+        c.blocked.insert((3, to));
+    }
+    c.handle(3, Input::Shutdown);
+    let progress = c.nodes[3].as_ref().unwrap().leave_progress().unwrap();
+    assert!(!progress.known(), "nobody acknowledged yet: {progress:?}");
+    assert_eq!(progress.unaware, 4);
+    c.deliver();
+    let progress = c.nodes[3].as_ref().unwrap().leave_progress().unwrap();
+    assert_eq!(progress.acked_by.len(), 2, "{progress:?}");
+    assert!(
+        progress.known(),
+        "two unaware peers cannot make a quorum of 3"
+    );
+    for i in [0, 1] {
+        // Persisted before acknowledging: the ack follows the persist in the output order.
+        let log = &c.log[i];
+        let ack = log
+            .iter()
+            .position(|o| matches!(o, Output::Send { bytes, .. } if matches!(peerfence_proto::decode(bytes).map(|e| e.message), Ok(Message::LeaveAck(_)))))
+            .expect("an acknowledgement was sent");
+        let persisted = log[..ack].iter().rposition(
+            |o| matches!(o, Output::Persist(s) if s.left_generation(MemberId(3)).is_some()),
+        );
+        assert!(
+            persisted.is_some(),
+            "h{i} acknowledged before persisting the stop"
+        );
+    }
+}
+
+/// Cut off from its peers, a stopping daemon never learns that its stop is known (its peers
+/// will fence a silent host, so its watchdog must stay armed); peers that stop at the same time
+/// count each other as gone.
+#[test]
+fn a_clean_stop_nobody_heard_is_not_known_and_simultaneous_stops_are() {
+    let mut c = settled(5, |_| {});
+    c.cut[2] = true;
+    c.handle(2, Input::Shutdown);
+    c.deliver();
+    let progress = c.nodes[2].as_ref().unwrap().leave_progress().unwrap();
+    assert!(!progress.known(), "{progress:?}");
+    c.cut[2] = false;
+    // Everyone else stops at once: their notices cross, and each stopping node answers.
+    for i in [0, 1, 3, 4] {
+        c.handle(i, Input::Shutdown);
+    }
+    c.deliver();
+    for i in [0, 1, 3, 4] {
+        let p = c.nodes[i].as_ref().unwrap().leave_progress().unwrap();
+        assert!(p.known(), "h{i}: {p:?}");
+    }
+}
+
 #[test]
 fn a_voter_restarted_from_its_disk_keeps_its_promise() {
     let mut c = settled(5, |_| {});

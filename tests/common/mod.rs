@@ -134,11 +134,21 @@ impl Cluster {
                 .unwrap()
                 .to_owned();
             keys.push(key);
+            // The kernel may hand out a port it just released again: each member's ports are
+            // distinct from the ones already taken (two members on one address is a refused
+            // configuration, and was a rare flake here).
+            let taken = |p: u16, ms: &[Member]| ms.iter().any(|m| m.quic == p || m.http == p);
+            let quic = std::iter::repeat_with(free_udp_port)
+                .find(|&p| !taken(p, &members))
+                .unwrap();
+            let http = std::iter::repeat_with(free_tcp_port)
+                .find(|&p| p != quic && !taken(p, &members))
+                .unwrap();
             members.push(Member {
                 config: dir.join(format!("{name}.toml")),
                 name,
-                quic: free_udp_port(),
-                http: free_tcp_port(),
+                quic,
+                http,
                 child: None,
                 started: None,
             });

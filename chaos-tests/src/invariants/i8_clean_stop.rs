@@ -7,6 +7,9 @@
 //! not death. Fencing it powers off running VMs; confirming it by a deadline announces running
 //! VMs safe to recover. Checked at every fence start and at every level that acts on the target
 //! (an agent `off`, a poison pill): the target's daemon stopped cleanly and has not started since.
+//! "Cleanly" is ground truth from the world: the daemon stopped and magic-closed its watchdog,
+//! which it does only once its stop is known (A8). A daemon stopped while nobody could hear it
+//! keeps its watchdog armed: its host is a silent host like a crashed one, and may be fenced.
 
 use super::{Ctx, Found};
 use peerfence_proto::{FenceKind, Proposal};
