@@ -192,8 +192,8 @@ pub const LEAVE_WAIT: Duration = Duration::from_secs(5);
 pub struct LeaveProgress {
     /// Peers that recorded the stop (durably, before acknowledging).
     pub acked_by: Vec<MemberId>,
-    /// Peers that might still vote to fence this host without knowing of its stop: neither
-    /// acknowledged it nor known to have stopped themselves.
+    /// Peers that might still vote to fence this host without knowing of its stop: every peer
+    /// that has not acknowledged it (one that stopped itself may start again unaware).
     pub unaware: usize,
     /// Votes a certificate needs.
     pub quorum: usize,

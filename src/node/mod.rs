@@ -816,7 +816,17 @@ impl Node {
             return;
         }
         self.apply_leave(l);
-        if self
+        // An acknowledgement covers this member's future votes only: while it holds a promise
+        // on the leaver, or knows a fence of it in flight, a vote it already cast may still make
+        // a certificate, so it does not acknowledge (the leaver keeps its watchdog armed).
+        let t = l.member;
+        let bound = self.durable.promise_for(t).is_some()
+            || self.executions.contains_key(&t)
+            || self.interrupted.iter().any(|i| i.proposal.target == t)
+            || self.peers[t.index()].inflight.is_some();
+        if bound {
+            self.stats.drop("leave_not_acked_vote_cast");
+        } else if self
             .durable
             .left_generation(l.member)
             .is_some_and(|g| g >= l.generation)
@@ -851,13 +861,13 @@ impl Node {
     /// mount that failed) takes it as readily as the shared one, and nobody reads it there.
     pub fn leave_progress(&self) -> Option<LeaveProgress> {
         let acks = self.leave_acks.as_ref()?;
+        // Only acknowledgements count. A peer known to have stopped is not "gone": it may start
+        // again without having heard of this stop, and vote.
         let unaware = self
             .cfg
             .roster
             .ids()
-            .filter(|&m| {
-                m != self.me && !acks.contains(&m) && self.durable.left_generation(m).is_none()
-            })
+            .filter(|&m| m != self.me && !acks.contains(&m))
             .count();
         Some(LeaveProgress {
             acked_by: acks.clone(),
@@ -867,10 +877,12 @@ impl Node {
     }
 
     /// How long a stopping daemon waits for its stop to be known: [`LEAVE_WAIT`], but at most
-    /// half the watchdog timeout, so that the watchdog (fed until the stop, at most a third of
-    /// its timeout before) does not run out while the acknowledgements arrive.
+    /// half of what the watchdog leaves after its last feed (up to a feed interval before the
+    /// stop) and the stop record's write (up to a write timeout), so that a heard stop is not
+    /// reset by its own watchdog while the acknowledgements arrive.
     pub fn leave_wait(&self) -> std::time::Duration {
-        LEAVE_WAIT.min(self.cfg.watchdog.timeout / 2)
+        let spent = self.cfg.watchdog.feed_interval + self.cfg.storage.write_timeout;
+        LEAVE_WAIT.min(self.cfg.watchdog.timeout.saturating_sub(spent) / 2)
     }
 
     /// `l.member`'s daemon stopped cleanly at `l.generation` (its notice, gossip, or the record it

@@ -538,6 +538,64 @@ fn a_clean_stop_nobody_heard_is_not_known_and_simultaneous_stops_are() {
     }
 }
 
+/// A peer that stopped cleanly itself does not count as knowing of a later stop: it may start
+/// again without having heard of it, and vote. Cut off from the one running peer, a stopping
+/// member of a 3-cluster whose other peer has left gets no acknowledgement and is not known.
+#[test]
+fn a_peer_that_left_does_not_count_as_knowing_of_a_later_stop() {
+    let mut c = settled(3, |_| {});
+    c.stop_cleanly(2);
+    c.cut[1] = true;
+    c.handle(1, Input::Shutdown);
+    c.deliver();
+    let progress = c.nodes[1].as_ref().unwrap().leave_progress().unwrap();
+    assert_eq!(progress.unaware, 2, "{progress:?}");
+    assert!(!progress.known(), "{progress:?}");
+}
+
+/// A member that holds a promise on the leaver (its vote may still make a certificate) does not
+/// acknowledge the stop.
+#[test]
+fn a_voter_holding_a_promise_on_the_leaver_does_not_acknowledge() {
+    let mut c = settled(5, |_| {});
+    c.bmc_hung[4] = true;
+    c.kill_host(4);
+    c.run_for(Duration::from_secs(9));
+    let voter = (0..4)
+        .find(|&i| {
+            c.nodes[i]
+                .as_ref()
+                .unwrap()
+                .durable()
+                .promise_for(MemberId(4))
+                .is_some()
+        })
+        .expect("a voter holds a promise on h4");
+    let before = c.log[voter].len();
+    // h4's daemon sends a Leave (as if it came back and stopped at once).
+    let bytes = Bytes::from(
+        peerfence_proto::encode(&Envelope {
+            cluster: c.cfg.cluster.clone(),
+            digest: c.cfg.digest(),
+            sender: MemberId(4),
+            message: Message::Leave(peerfence_proto::LeaveNotice {
+                member: MemberId(4),
+                generation: 1,
+            }),
+        })
+        .unwrap(),
+    );
+    c.handle(
+        voter,
+        Input::Datagram {
+            from: MemberId(4),
+            bytes,
+        },
+    );
+    let acked = c.log[voter][before..].iter().any(|o| matches!(o, Output::Send { bytes, .. } if matches!(peerfence_proto::decode(bytes).map(|e| e.message), Ok(Message::LeaveAck(_)))));
+    assert!(!acked, "a voter bound by its promise acknowledged the stop");
+}
+
 #[test]
 fn a_voter_restarted_from_its_disk_keeps_its_promise() {
     let mut c = settled(5, |_| {});
