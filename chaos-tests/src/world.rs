@@ -1263,7 +1263,7 @@ impl World {
         if self.hosts[h]
             .leaving
             .as_ref()
-            .is_some_and(|l| l.0.leave_progress().is_none_or(|p| p.known()))
+            .is_some_and(|l| stop_known(&l.0))
         {
             self.finish_leave(h);
         }
@@ -1295,7 +1295,7 @@ impl World {
         if self.hosts[h]
             .leaving
             .as_ref()
-            .is_some_and(|l| l.0.leave_progress().is_none_or(|p| p.known()))
+            .is_some_and(|l| stop_known(&l.0))
         {
             self.finish_leave(h);
         }
@@ -1308,7 +1308,7 @@ impl World {
         let Some((node, _, feeding)) = self.hosts[h].leaving.take() else {
             return;
         };
-        let known = node.leave_progress().is_none_or(|p| p.known());
+        let known = stop_known(&node);
         let hs = &mut self.hosts[h];
         hs.clean_stopped = known && (feeding || !hs.wd_armed);
         if known && feeding {
@@ -2579,6 +2579,11 @@ pub fn render_trace(r: &RunResult) -> String {
         let _ = writeln!(s, "   {}: {}", v.invariant, v.detail);
     }
     s
+}
+
+/// Whether a stopping node's stop is known (a node not stopping has nothing to wait for).
+fn stop_known(node: &Node) -> bool {
+    node.leave_progress().is_none_or(|p| p.known())
 }
 
 /// Whether a proposal stops VMs (fence, or VM-stopping self-fence).

@@ -918,14 +918,13 @@ impl Shell {
             Output::Fence(cmd) => {
                 let host = node.config().roster.name(cmd.target).to_owned();
                 // `on` after a confirmed fence carries the certificate too.
+                // A command that cannot run fails at once (the node tries its next level).
+                let failed = Input::FenceResult {
+                    id: cmd.id,
+                    result: AgentResult::Failed,
+                };
                 if !authorised(&self.keys, &cmd.qc, cmd.target, "fence agent") {
-                    node.handle(
-                        self.clock.now(),
-                        Input::FenceResult {
-                            id: cmd.id,
-                            result: AgentResult::Failed,
-                        },
-                    );
+                    node.handle(self.clock.now(), failed);
                     return Ok(true);
                 }
                 let agent_ok = self
@@ -934,13 +933,7 @@ impl Shell {
                     .is_some_and(Option::is_some);
                 if !agent_ok {
                     tracing::error!(target_member = %host, level = cmd.level, "no fence agent for this level");
-                    node.handle(
-                        self.clock.now(),
-                        Input::FenceResult {
-                            id: cmd.id,
-                            result: AgentResult::Failed,
-                        },
-                    );
+                    node.handle(self.clock.now(), failed);
                     return Ok(true);
                 }
                 let (agents, tx) = (self.agents.clone(), self.tx.clone());

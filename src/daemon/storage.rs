@@ -106,63 +106,69 @@ pub enum OwnSlot {
 /// configuration (and with it the roster's ids) may have changed since the record was written,
 /// and a generation that was used stays used.
 pub fn own_slots(cfg: &Arc<Config>, me: MemberId) -> Vec<(PathBuf, Result<OwnSlot, String>)> {
+    let name = cfg.roster.name(me).to_owned();
+    let c = cfg.clone();
+    let found = on_every_path(cfg, move |dir| -> Result<OwnSlot, String> {
+        check_marker(dir, c.cluster.as_str())?;
+        let f = slot(dir, &name, "hb");
+        let Some(bytes) = read_slot(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?
+        else {
+            return Ok(OwnSlot::Empty);
+        };
+        Ok(match peerfence_proto::decode_storage(&bytes) {
+            Ok(rec) if rec.cluster == c.cluster => match rec.body {
+                StorageBody::Heartbeat(r) => OwnSlot::Record {
+                    generation: r.generation,
+                    stopped: false,
+                },
+                StorageBody::Stopped(r) => OwnSlot::Record {
+                    generation: r.generation,
+                    stopped: true,
+                },
+                _ => OwnSlot::Foreign,
+            },
+            _ => OwnSlot::Foreign,
+        })
+    });
+    let timeout = crate::config::fmt_duration(cfg.storage.write_timeout);
+    cfg.storage
+        .paths
+        .iter()
+        .zip(found)
+        .map(|(dir, result)| {
+            let dir = PathBuf::from(dir);
+            let result = result.unwrap_or_else(|| {
+                Err(format!(
+                    "{} did not answer within storage.write_timeout ({timeout})",
+                    dir.display()
+                ))
+            });
+            (slot(&dir, cfg.roster.name(me), "hb"), result)
+        })
+        .collect()
+}
+
+/// Runs `job` on every storage path at once, each on a thread of its own and bounded by
+/// `storage.write_timeout` (a hung NFS mount is abandoned, at most [`MAX_ABANDONED`] of them):
+/// per path, in order, its result, or `None` when it did not answer in time.
+fn on_every_path<T: Send + 'static>(
+    cfg: &Arc<Config>,
+    job: impl Fn(&Path) -> T + Clone + Send + 'static,
+) -> Vec<Option<T>> {
     let abandoned = Arc::new(AtomicUsize::new(0));
+    let timeout = cfg.storage.write_timeout;
     let handles: Vec<_> = cfg
         .storage
         .paths
         .iter()
         .map(|dir| {
-            let dir = PathBuf::from(dir);
-            let file = slot(&dir, cfg.roster.name(me), "hb");
-            let (cfg, abandoned) = (cfg.clone(), abandoned.clone());
-            let timeout = cfg.storage.write_timeout;
-            std::thread::spawn(move || {
-                let (d, f) = (dir.clone(), file.clone());
-                let job = move || -> Result<OwnSlot, String> {
-                    check_marker(&d, cfg.cluster.as_str())?;
-                    let Some(bytes) =
-                        read_slot(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?
-                    else {
-                        return Ok(OwnSlot::Empty);
-                    };
-                    Ok(match peerfence_proto::decode_storage(&bytes) {
-                        Ok(rec) if rec.cluster == cfg.cluster => match rec.body {
-                            StorageBody::Heartbeat(r) => OwnSlot::Record {
-                                generation: r.generation,
-                                stopped: false,
-                            },
-                            StorageBody::Stopped(r) => OwnSlot::Record {
-                                generation: r.generation,
-                                stopped: true,
-                            },
-                            _ => OwnSlot::Foreign,
-                        },
-                        _ => OwnSlot::Foreign,
-                    })
-                };
-                let result = match with_timeout(&abandoned, timeout, job) {
-                    Ok(r) => r,
-                    Err(()) => Err(format!(
-                        "{} did not answer within storage.write_timeout ({})",
-                        dir.display(),
-                        crate::config::fmt_duration(timeout)
-                    )),
-                };
-                (file, result)
-            })
+            let (dir, job, abandoned) = (PathBuf::from(dir), job.clone(), abandoned.clone());
+            std::thread::spawn(move || with_timeout(&abandoned, timeout, move || job(&dir)).ok())
         })
         .collect();
     handles
         .into_iter()
-        .zip(&cfg.storage.paths)
-        .map(|(h, dir)| {
-            h.join().unwrap_or_else(|_| {
-                (
-                    PathBuf::from(dir),
-                    Err("the reading thread failed".to_owned()),
-                )
-            })
-        })
+        .map(|h| h.join().ok().flatten())
         .collect()
 }
 
@@ -397,35 +403,24 @@ pub fn write_stopped(
     let Ok(bytes) = peerfence_proto::encode_storage(&record) else {
         return vec![false; cfg.storage.paths.len()];
     };
-    let abandoned = Arc::new(AtomicUsize::new(0));
-    let handles: Vec<_> = cfg
-        .storage
-        .paths
-        .iter()
-        .map(|dir| {
-            let file = slot(Path::new(dir), cfg.roster.name(me), "hb");
-            let (abandoned, bytes, timeout) =
-                (abandoned.clone(), bytes.clone(), cfg.storage.write_timeout);
-            std::thread::spawn(move || {
-                let f = file.clone();
-                match with_timeout(&abandoned, timeout, move || write_record(&f, &bytes)) {
-                    Ok(Ok(())) => true,
-                    Ok(Err(e)) => {
-                        tracing::warn!(path = %file.display(), error = %e, "cannot write the clean-stop record");
-                        false
-                    }
-                    Err(()) => {
-                        tracing::warn!(path = %file.display(), "the clean-stop record was not written in time");
-                        false
-                    }
-                }
-            })
+    let name = cfg.roster.name(me).to_owned();
+    on_every_path(cfg, move |dir| {
+        let file = slot(dir, &name, "hb");
+        let written = write_record(&file, &bytes);
+        if let Err(e) = &written {
+            tracing::warn!(path = %file.display(), error = %e, "cannot write the clean-stop record");
+        }
+        written.is_ok()
+    })
+    .into_iter()
+    .zip(&cfg.storage.paths)
+    .map(|(ok, dir)| {
+        ok.unwrap_or_else(|| {
+            tracing::warn!(path = %dir, "the clean-stop record was not written in time");
+            false
         })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().unwrap_or(false))
-        .collect()
+    })
+    .collect()
 }
 
 /// Starts the writer and reader of every shared path.

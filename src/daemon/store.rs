@@ -174,24 +174,12 @@ impl StateFile {
 
     /// Writes the marker durably (file and directory synced).
     fn write_marker(&self, cluster: &str, member: &str) -> Result<(), StoreError> {
-        let marker = self.marker_path();
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io { path, source }
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&marker)
-            .map_err(io(&marker))?;
-        f.write_all(marker_text(cluster, member).as_bytes())
-            .map_err(io(&marker))?;
-        f.sync_all().map_err(io(&marker))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))
+        let tmp = self.dir.join(format!("{INIT_MARKER}.tmp"));
+        self.replace_durably(
+            &tmp,
+            &self.marker_path(),
+            marker_text(cluster, member).as_bytes(),
+        )
     }
 
     /// `peerfence run`: the state `peerfence init` made and the daemon has saved since. Refuses
@@ -261,7 +249,12 @@ impl StateFile {
         bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&Sha256::digest(&body)[..8]);
         bytes.extend_from_slice(&body);
-        let tmp = self.dir.join("state.tmp");
+        self.replace_durably(&self.dir.join("state.tmp"), &self.path(), &bytes)
+    }
+
+    /// Writes `bytes` to `tmp` (mode 0600), syncs it, renames it over `target` and syncs the
+    /// directory: `target` holds either its old content or all of `bytes`, durably.
+    fn replace_durably(&self, tmp: &Path, target: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| StoreError::Io { path, source }
@@ -271,12 +264,12 @@ impl StateFile {
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(&bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+            .open(tmp)
+            .map_err(io(tmp))?;
+        f.write_all(bytes).map_err(io(tmp))?;
+        f.sync_all().map_err(io(tmp))?;
         drop(f);
-        std::fs::rename(&tmp, self.path()).map_err(io(&self.path()))?;
+        std::fs::rename(tmp, target).map_err(io(target))?;
         // The rename is durable only once the directory is.
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())

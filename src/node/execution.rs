@@ -611,6 +611,19 @@ pub(super) struct PendingClear {
     pub tries: u32,
 }
 
+impl PendingClear {
+    /// A clear to ask for now, never tried yet.
+    fn new(target: MemberId, proposal: Proposal, now: Instant) -> Self {
+        Self {
+            target,
+            proposal,
+            id: None,
+            next_try: now,
+            tries: 0,
+        }
+    }
+}
+
 impl Node {
     /// Clears `target`'s pill of `proposal` (and only that one): recorded durably first, then
     /// asked of the driver, and asked again until it is done.
@@ -636,13 +649,8 @@ impl Node {
         {
             return;
         }
-        self.clears.push(PendingClear {
-            target,
-            proposal,
-            id: None,
-            next_try: self.now,
-            tries: 0,
-        });
+        self.clears
+            .push(PendingClear::new(target, proposal, self.now));
         self.retry_clears();
     }
 
@@ -690,13 +698,8 @@ impl Node {
     /// At start: clears that a previous run could not finish.
     pub(super) fn resume_clears(&mut self) {
         for (target, proposal) in self.durable.pills_to_clear.clone() {
-            self.clears.push(PendingClear {
-                target,
-                proposal,
-                id: None,
-                next_try: self.now,
-                tries: 0,
-            });
+            self.clears
+                .push(PendingClear::new(target, proposal, self.now));
         }
     }
 }
