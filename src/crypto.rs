@@ -9,8 +9,9 @@
 use crate::config::{Config, Roster};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use peerfence_proto::{
-    ClusterId, ConfigDigest, FenceKind, MemberId, Proposal, PublicKey, QuorumCertificate,
-    Signature, SignedVote, VoteEvidence, vote_signing_bytes,
+    ClusterId, ConfigDigest, FenceKind, FenceOutcome, MemberId, Proposal, PublicKey,
+    QuorumCertificate, Signature, SignedOutcome, SignedVote, VoteEvidence, outcome_signing_bytes,
+    vote_signing_bytes,
 };
 use std::fmt;
 
@@ -39,6 +40,22 @@ impl VoteKey {
     ) -> Signature {
         let bytes = vote_signing_bytes(cluster, digest, proposal, voter, evidence);
         Signature::from_bytes(self.0.sign(&bytes).to_bytes())
+    }
+}
+
+impl VoteKey {
+    /// Signs an outcome of a fence this member executed.
+    pub fn sign_outcome(
+        &self,
+        cluster: &ClusterId,
+        digest: ConfigDigest,
+        outcome: FenceOutcome,
+    ) -> SignedOutcome {
+        let bytes = outcome_signing_bytes(cluster, digest, &outcome);
+        SignedOutcome {
+            outcome,
+            signature: Signature::from_bytes(self.0.sign(&bytes).to_bytes()),
+        }
     }
 }
 
@@ -179,6 +196,22 @@ impl KeyRing {
             });
         }
         Ok(())
+    }
+}
+
+impl KeyRing {
+    /// Verifies an outcome: its proposal in range, signed by that proposal's proposer (the only
+    /// member that executes it). Whoever relayed it, only the executor can have made it.
+    pub fn verify_outcome(&self, signed: &SignedOutcome) -> Result<(), CertError> {
+        let proposal = &signed.outcome.proposal;
+        self.check_proposal(proposal)?;
+        let Some(Some(key)) = self.keys.get(proposal.proposer.index()) else {
+            return Err(CertError::UnknownMember);
+        };
+        let bytes = outcome_signing_bytes(&self.cluster, self.digest, &signed.outcome);
+        let sig = ed25519_dalek::Signature::from_bytes(&signed.signature.to_bytes());
+        key.verify_strict(&bytes, &sig)
+            .map_err(|_| CertError::BadSignature(proposal.proposer))
     }
 }
 

@@ -18,13 +18,16 @@
 use crate::time::Instant;
 use peerfence_proto::{
     ArmState, BootId, FlagVersion, MaintenanceState, MemberId, OutcomeResult, Proposal,
-    QuorumCertificate, SignedVote,
+    QuorumCertificate, SignedOutcome, SignedVote,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 /// Version of this structure's encoding.
-pub const DURABLE_FORMAT: u32 = 2;
+pub const DURABLE_FORMAT: u32 = 3;
+
+/// Format 2 is format 3 without its last field, `news_proofs` (an empty list).
+const FORMAT_2: u32 = 2;
 
 /// Fence records kept (oldest dropped first).
 pub const FENCE_LOG_MAX: usize = 64;
@@ -183,6 +186,10 @@ pub struct DurableState {
     /// fence record never started a fence (the record is persisted before any fence command),
     /// so they are released at once instead of holding their voters' promises until expiry.
     pub open_rounds: Vec<Proposal>,
+    /// The executors' signed outcomes of fences in `news` (at most one per news record): what
+    /// this node relays so that a member that missed an outcome can verify it. Kept last so
+    /// that format 2 (written before outcomes were signed) decodes with it empty.
+    pub news_proofs: Vec<SignedOutcome>,
 }
 
 impl Default for DurableState {
@@ -236,6 +243,7 @@ impl DurableState {
             votes_from: None,
             clock_at: Instant::ZERO,
             open_rounds: Vec::new(),
+            news_proofs: Vec::new(),
         }
     }
 
@@ -268,13 +276,26 @@ impl DurableState {
         if found == 1 {
             return v1::decode(bytes, cfg);
         }
-        let (state, used): (DurableState, usize) = bincode::serde::decode_from_slice(bytes, cfg)
-            .map_err(|e| DurableError::Corrupt(e.to_string()))?;
+        let upgraded;
+        let bytes = if found == FORMAT_2 {
+            // Format 2 is this layout up to `open_rounds`; bincode encodes the missing trailing
+            // `news_proofs` (an empty list) as its length, one zero byte.
+            upgraded = [bytes, &[0u8]].concat();
+            &upgraded[..]
+        } else {
+            bytes
+        };
+        let (mut state, used): (DurableState, usize) =
+            bincode::serde::decode_from_slice(bytes, cfg)
+                .map_err(|e| DurableError::Corrupt(e.to_string()))?;
         if used != bytes.len() {
             return Err(DurableError::Corrupt(format!(
                 "{} trailing bytes",
                 bytes.len() - used
             )));
+        }
+        if state.format == FORMAT_2 {
+            state.format = DURABLE_FORMAT;
         }
         if state.format != DURABLE_FORMAT {
             return Err(DurableError::Format {
@@ -403,6 +424,7 @@ impl DurableState {
         // Certificates name members by roster index and were signed under the old roster's
         // digest: they no longer verify. Forget them.
         self.news.clear();
+        self.news_proofs.clear();
         self.pills_to_clear = std::mem::take(&mut self.pills_to_clear)
             .into_iter()
             .filter_map(|(t, p)| Some((m(t)?, mp(&p)?)))
@@ -519,6 +541,9 @@ impl DurableState {
             .retain(|s| now.saturating_since(s.reserved_at) < budget_window);
         self.news
             .retain(|n| now.saturating_since(n.at) < budget_window);
+        let news = &self.news;
+        self.news_proofs
+            .retain(|o| news.iter().any(|n| n.qc.proposal == o.outcome.proposal));
         before != (self.promises.len(), self.slots.len(), self.news.len())
     }
 
@@ -533,9 +558,41 @@ impl DurableState {
             at: now,
         });
         while self.news.len() > NEWS_MAX {
-            self.news.pop_front();
+            if let Some(gone) = self.news.pop_front() {
+                self.news_proofs
+                    .retain(|o| o.outcome.proposal != gone.qc.proposal);
+            }
         }
         true
+    }
+
+    /// The certificate of `proposal`, if this node verified one (it is in the news).
+    pub fn news_certificate(&self, proposal: &Proposal) -> Option<&QuorumCertificate> {
+        self.news
+            .iter()
+            .find(|n| &n.qc.proposal == proposal)
+            .map(|n| &n.qc)
+    }
+
+    /// Keeps the executor's signed outcome of a fence in the news, to relay it (the first one
+    /// only: an attempt ends once). Returns whether it was new.
+    pub fn news_proof(&mut self, signed: &SignedOutcome) -> bool {
+        let p = &signed.outcome.proposal;
+        if self.news_certificate(p).is_none()
+            || self.news_proofs.iter().any(|o| &o.outcome.proposal == p)
+        {
+            return false;
+        }
+        self.news_proofs.push(*signed);
+        true
+    }
+
+    /// The signed outcome kept for `proposal`.
+    pub fn proof_of(&self, proposal: &Proposal) -> Option<SignedOutcome> {
+        self.news_proofs
+            .iter()
+            .find(|o| &o.outcome.proposal == proposal)
+            .copied()
     }
 
     /// Notes how the fence under `proposal` ended. Returns whether anything changed.
@@ -795,6 +852,22 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(DurableState::decode(&extra).is_err());
+    }
+
+    /// A state file of format 2 (before signed outcomes) loads, with no outcome proofs: it is
+    /// format 3's bytes without the last field (an empty list, one zero byte).
+    #[test]
+    fn format_2_loads_without_outcome_proofs() {
+        let mut s = DurableState::new();
+        s.grant(promise(2, 10, 100));
+        let mut bytes = s.encode();
+        assert_eq!(bytes.pop(), Some(0), "news_proofs is last and empty");
+        assert_eq!(bytes[0], 3, "the format comes first, one byte");
+        bytes[0] = 2;
+        assert_eq!(DurableState::decode(&bytes).unwrap(), s);
+        // Format 3 without its last field is not format 3.
+        bytes[0] = 3;
+        assert!(DurableState::decode(&bytes).is_err());
     }
 
     /// A state file of format 1 (the first releases) still loads, its instants re-armed at the

@@ -54,6 +54,10 @@ pub enum BroadcastKey {
     Outcome(MemberId, MemberId, Round),
     /// Leave notice of a member.
     Leave(MemberId),
+    /// A signed outcome of one round; the last field is the signature's first 8 bytes, so that
+    /// an unverified item (the SWIM layer holds no keys) with a genuine one's round cannot keep
+    /// the genuine one from being disseminated.
+    SignedOutcome(MemberId, MemberId, Round, u64),
 }
 
 impl Invalidates for BroadcastKey {
@@ -72,7 +76,16 @@ fn key_of(item: &Broadcast) -> BroadcastKey {
             BroadcastKey::Outcome(o.proposal.target, o.proposal.proposer, o.proposal.round)
         }
         Broadcast::Leave(l) => BroadcastKey::Leave(l.member),
+        Broadcast::SignedOutcome(o) => signed_outcome_key(o),
     }
+}
+
+fn signed_outcome_key(o: &peerfence_proto::SignedOutcome) -> BroadcastKey {
+    let p = &o.outcome.proposal;
+    let sig = o.signature.to_bytes();
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&sig[..8]);
+    BroadcastKey::SignedOutcome(p.target, p.proposer, p.round, u64::from_le_bytes(head))
 }
 
 /// A broadcast item that did not decode or names an unknown member.
@@ -89,7 +102,7 @@ pub struct Handler {
     arm: Option<FlagVersion>,
     maintenance: Vec<Option<FlagVersion>>,
     leave: Vec<Option<u32>>,
-    outcomes: VecDeque<(MemberId, MemberId, Round)>,
+    outcomes: VecDeque<BroadcastKey>,
     inbox: Inbox,
     dropped: u64,
 }
@@ -146,10 +159,13 @@ impl Handler {
                     Some(BroadcastKey::Maintenance(m.member))
                 }
             }
-            Broadcast::Outcome(o) => {
-                self.member(o.proposal.target)?;
-                self.member(o.proposal.proposer)?;
-                let key = (o.proposal.target, o.proposal.proposer, o.proposal.round);
+            // An unsigned outcome (from a build before outcomes were signed, or forged) is
+            // never news: not disseminated; the node only counts it.
+            Broadcast::Outcome(_) => None,
+            Broadcast::SignedOutcome(o) => {
+                self.member(o.outcome.proposal.target)?;
+                self.member(o.outcome.proposal.proposer)?;
+                let key = signed_outcome_key(o);
                 if self.outcomes.contains(&key) {
                     None
                 } else {
@@ -157,7 +173,7 @@ impl Handler {
                     if self.outcomes.len() > OUTCOME_KEYS_MAX {
                         self.outcomes.pop_front();
                     }
-                    Some(BroadcastKey::Outcome(key.0, key.1, key.2))
+                    Some(key)
                 }
             }
             Broadcast::Leave(l) => {
@@ -185,6 +201,16 @@ impl BroadcastHandler<Ident> for Handler {
         let item = peerfence_proto::decode_broadcast(data)
             .map_err(|e: DecodeError| BadBroadcast(e.to_string()))?;
         let key = self.news(&item)?;
+        if matches!(item, Broadcast::Outcome(_)) {
+            // Handed to the node (which counts the drop), never passed on.
+            let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+            if inbox.len() < INBOX_MAX {
+                inbox.push_back(item);
+            } else {
+                self.dropped += 1;
+            }
+            return Ok(None);
+        }
         if key.is_none() && sender.is_none() {
             // This node's own periodic re-broadcast (anti-entropy): disseminate it although it
             // is old news here, so that members that missed it catch up. Receivers that know it

@@ -3,8 +3,8 @@
 
 use crate::net::NetParams;
 use crate::world::{
-    BmcMode, DAY, DaemonClock, Fault, MS, ReadMode, RunResult, SEC, SimParams, StorageMode,
-    Trigger, TriggerOn, host_secret,
+    BmcMode, DAY, DaemonClock, Fault, Forgery, MS, ReadMode, RunResult, SEC, SimParams,
+    StorageMode, Trigger, TriggerOn, host_secret,
 };
 use peerfence::config::{RawConfig, RawLevel, raw_for_members};
 use peerfence::crypto::VoteKey;
@@ -386,6 +386,58 @@ fn expect_quiet(_s: &Setup, r: &RunResult) -> Vec<String> {
     no_fences(r, &mut out);
     no_self_fences(r, &mut out);
     no_watchdog_resets(r, &mut out);
+    out
+}
+
+/// A compromised member forges, twice over, every kind of outcome it can make about a live host
+/// (unsigned; signed over a certificate of its own vote; naming another executor; as fence
+/// news). Nothing may change.
+fn forged_outcome(s: &mut Setup) {
+    s.duration_us = 60 * SEC;
+    let [by, target] = s.distinct(2)[..] else {
+        unreachable!("min_nodes is 3")
+    };
+    for round in 0..2u64 {
+        let mut forgeries = [
+            Forgery::Unsigned,
+            Forgery::SelfCertified,
+            Forgery::SpoofedExecutor,
+            Forgery::News,
+        ];
+        forgeries.shuffle(&mut s.rng);
+        for (i, forgery) in forgeries.into_iter().enumerate() {
+            let at = s.at(20 + 15 * round, 21 + 15 * round) + i as u64 * 2 * SEC;
+            s.fault(
+                at,
+                Fault::Forge {
+                    by,
+                    target,
+                    forgery,
+                },
+            );
+        }
+    }
+    s.victims = vec![target];
+}
+
+fn expect_forged_outcome(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = expect_quiet(s, r);
+    let v = s.victims[0];
+    if r.safe_to_recover > 0 || !r.confirmations.is_empty() {
+        out.push(format!(
+            "a forged outcome made a member announce h{v} fenced or safe to recover"
+        ));
+    }
+    for why in [
+        "unsigned_outcome",
+        "bad_certificate",
+        "forged_sender",
+        "bad_news_certificate",
+    ] {
+        if r.drops.get(why).copied().unwrap_or(0) == 0 {
+            out.push(format!("no member counted a `{why}` drop"));
+        }
+    }
     out
 }
 
@@ -1556,6 +1608,14 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: clean_stop_unheard,
         expect: expect_clean_stop_unheard,
+    },
+    Scenario {
+        name: "forged-outcome",
+        about: "a compromised member tells everyone a live host was fenced (an unsigned outcome, a signed one over a certificate of its own vote, one naming another executor, fence news): nobody calls it fenced or its VMs safe to recover, and every forgery is counted",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: forged_outcome,
+        expect: expect_forged_outcome,
     },
     Scenario {
         name: "clean-stop-operator-fence",

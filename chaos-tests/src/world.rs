@@ -222,6 +222,31 @@ pub enum Fault {
     },
     /// Every BMC is reachable from everyone again.
     BmcHeal,
+    /// A compromised (or buggy) member `by` tells every other member that `target`'s current
+    /// boot was fenced: a forged outcome, sent over `by`'s own authenticated links (it holds its
+    /// TLS certificate and vote key, nobody else's). Nothing may change: no member may call the
+    /// target fenced or its VMs safe to recover on one member's word.
+    Forge {
+        /// The lying member.
+        by: usize,
+        /// The live host it claims fenced.
+        target: usize,
+        /// How it lies.
+        forgery: Forgery,
+    },
+}
+
+/// How a forging member lies (see [`Fault::Forge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgery {
+    /// An unsigned `Outcome` of `Confirmed` (what every build before signed outcomes took).
+    Unsigned,
+    /// A signed outcome with a "certificate" of its own vote only.
+    SelfCertified,
+    /// As `SelfCertified`, but naming another member as the executor.
+    SpoofedExecutor,
+    /// Fence news carrying a self-certified fence with a signed `Confirmed`.
+    News,
 }
 
 /// When a trigger fires: right after the daemon emits a matching output.
@@ -649,6 +674,8 @@ pub struct RunResult {
     pub final_views: BTreeMap<usize, (Vec<Option<HaState>>, usize)>,
     /// At the end of the run: (path, host) of every pill left in a shared slot.
     pub pills_left: Vec<(usize, usize)>,
+    /// At the end of the run: input the daemons running then dropped, by reason, summed.
+    pub drops: BTreeMap<&'static str, u64>,
 }
 
 impl RunResult {
@@ -913,6 +940,9 @@ impl World {
                 ha[p.member.index()] = Some(p.ha);
             }
             self.result.final_views.insert(h, (ha, st.budget_used));
+            for (&why, &n) in &node.stats().dropped {
+                *self.result.drops.entry(why).or_default() += n;
+            }
         }
         for (p, slots) in self.storage.pill.iter().enumerate() {
             for (h, pill) in slots.iter().enumerate() {
@@ -2537,6 +2567,100 @@ impl World {
             Fault::FreezeReads(h) => {
                 let snapshot = self.storage.hb.iter().map(|p| p[h]).collect();
                 self.storage.frozen[h] = Some(snapshot);
+            }
+            Fault::Forge {
+                by,
+                target,
+                forgery,
+            } => self.forge(by, target, forgery),
+        }
+    }
+
+    /// Sends `by`'s forged outcome about `target` to every other member over the network as it
+    /// is (a cut link drops it like any message).
+    fn forge(&mut self, by: usize, target: usize, forgery: Forgery) {
+        use peerfence_proto::{
+            CertifiedOutcome, Envelope, FenceOutcome, Message, OutcomeResult, Round,
+            SignedFenceNews, SignedNewsItem, SignedVote, VoteEvidence,
+        };
+        let cfg = self.host_cfg[by].clone();
+        let key = VoteKey::from_secret(self.hosts[by].secret);
+        let executor = match forgery {
+            Forgery::SpoofedExecutor => (0..self.hosts.len())
+                .find(|&m| m != by && m != target)
+                .unwrap_or(by),
+            _ => by,
+        };
+        let proposal = Proposal {
+            target: MemberId(target as u16),
+            target_boot: self.hosts[target].boot,
+            proposer: MemberId(executor as u16),
+            round: Round::new(u32::MAX, 1),
+            kind: FenceKind::Fence,
+            budget_slot: Some(0),
+            lane: 0,
+        };
+        let evidence = VoteEvidence {
+            voter_healthy: true,
+            target_down_ms: 9_000,
+            heartbeat_stalled_ms: 9_000,
+        };
+        let qc = QuorumCertificate {
+            proposal,
+            votes: vec![SignedVote {
+                voter: MemberId(by as u16),
+                evidence,
+                signature: key.sign(
+                    &cfg.cluster,
+                    cfg.digest(),
+                    &proposal,
+                    MemberId(by as u16),
+                    &evidence,
+                ),
+            }],
+        };
+        let outcome = FenceOutcome {
+            proposal,
+            attempt: 1,
+            result: OutcomeResult::Confirmed(Evidence::PowerOff { level: 0 }),
+        };
+        let signed = key.sign_outcome(&cfg.cluster, cfg.digest(), outcome);
+        let message = match forgery {
+            Forgery::Unsigned => Message::Outcome(outcome),
+            Forgery::SelfCertified | Forgery::SpoofedExecutor => {
+                Message::CertifiedOutcome(CertifiedOutcome { qc, signed })
+            }
+            Forgery::News => Message::SignedFenceNews(SignedFenceNews {
+                batch: u64::MAX,
+                part: 0,
+                parts: 1,
+                items: vec![SignedNewsItem {
+                    qc,
+                    outcome: Some(signed),
+                }],
+                slots: Vec::new(),
+            }),
+        };
+        let env = Envelope {
+            cluster: cfg.cluster.clone(),
+            digest: cfg.digest(),
+            sender: MemberId(by as u16),
+            message,
+        };
+        let bytes = Bytes::from(peerfence_proto::encode(&env).expect("a forged outcome encodes"));
+        self.trace(Some(by), || {
+            format!("forges a {forgery:?} outcome: h{target} fenced")
+        });
+        for to in (0..self.hosts.len()).filter(|&m| m != by) {
+            for d in self.net.delays(by, to, true, &mut self.rng) {
+                self.after(
+                    d,
+                    Ev::Deliver {
+                        to,
+                        from: by,
+                        bytes: bytes.clone(),
+                    },
+                );
             }
         }
     }

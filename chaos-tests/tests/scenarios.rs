@@ -164,6 +164,15 @@ fn clean_stop_unheard() {
     assert!(s.fences_total >= s.runs as usize);
 }
 
+/// Issue 11: a compromised member's forged outcomes (unsigned, self-certified, naming another
+/// executor, as fence news) make nobody call a live host fenced; each kind is counted.
+#[test]
+fn forged_outcome() {
+    let s = run_seam("forged-outcome");
+    assert_eq!(s.fences_total, 0);
+    assert_eq!(s.safe_to_recover_total, 0);
+}
+
 /// Issue 10 §1: only an operator's explicit fence fences a host that left, and only power Off
 /// confirms it.
 #[test]

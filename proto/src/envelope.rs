@@ -152,6 +152,30 @@ impl Validate for Message {
                 }
                 n.items.iter().try_for_each(|i| i.qc.validate())
             }
+            Message::CertifiedOutcome(c) => {
+                if c.qc.proposal != c.signed.outcome.proposal {
+                    return Err("a certified outcome names another proposal than its certificate");
+                }
+                c.qc.validate()
+            }
+            Message::SignedFenceNews(n) => {
+                if n.items.len() > crate::messages::NEWS_ITEMS_MAX
+                    || n.slots.len() > crate::messages::NEWS_SLOTS_MAX
+                {
+                    return Err("fence news carries more items than allowed");
+                }
+                if n.parts == 0 || n.parts > crate::messages::NEWS_PARTS_MAX || n.part >= n.parts {
+                    return Err("fence news part out of range");
+                }
+                n.items.iter().try_for_each(|i| {
+                    if i.outcome
+                        .is_some_and(|o| o.outcome.proposal != i.qc.proposal)
+                    {
+                        return Err("a news outcome names another proposal than its certificate");
+                    }
+                    i.qc.validate()
+                })
+            }
         }
     }
 }
@@ -163,6 +187,7 @@ impl Validate for Broadcast {
                 Err("health update describes more storage paths than allowed")
             }
             Broadcast::Outcome(o) => o.proposal.validate(),
+            Broadcast::SignedOutcome(o) => o.outcome.proposal.validate(),
             _ => Ok(()),
         }
     }

@@ -296,6 +296,50 @@ pub struct FenceOutcome {
     pub result: OutcomeResult,
 }
 
+/// An outcome signed by its executor (the proposal's proposer) with its vote key: the executor's
+/// own statement of what happened and of the evidence. Any member can verify it, whoever relays
+/// it, and no other member can make one. Replaces the unsigned [`Message::Outcome`] and
+/// [`Broadcast::Outcome`], which receivers no longer act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedOutcome {
+    /// The outcome.
+    pub outcome: FenceOutcome,
+    /// ed25519 of `outcome.proposal.proposer` over [`outcome_signing_bytes`].
+    pub signature: Signature,
+}
+
+/// A signed outcome with the certificate it ends: what the executor sends every member directly,
+/// so that a receiver that missed the certificate can still verify that a quorum agreed before it
+/// takes a `Confirmed` as true.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertifiedOutcome {
+    /// The certificate the attempt ran under (its proposal is the outcome's).
+    pub qc: QuorumCertificate,
+    /// The executor's signed outcome.
+    pub signed: SignedOutcome,
+}
+
+/// Domain separation tag for outcome signatures (never verifies as a vote, nor a vote as this).
+pub const OUTCOME_SIGNING_CONTEXT: &[u8] = b"peerfence/outcome/v1";
+
+/// The exact bytes an executor signs: context, cluster, config digest, the whole outcome
+/// (proposal, attempt, result with its evidence).
+pub fn outcome_signing_bytes(
+    cluster: &ClusterId,
+    digest: ConfigDigest,
+    outcome: &FenceOutcome,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(OUTCOME_SIGNING_CONTEXT);
+    // As in `vote_signing_bytes`: cannot fail; an empty body never verifies.
+    match bincode::serde::encode_to_vec((cluster, digest, outcome), crate::envelope::wire_config())
+    {
+        Ok(bytes) => out.extend_from_slice(&bytes),
+        Err(_) => out.clear(),
+    }
+    out
+}
+
 /// A member's health verdict: whether it may propose or vote (rule E1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
@@ -411,6 +455,9 @@ pub enum Broadcast {
     Outcome(FenceOutcome),
     /// A member's daemon is stopping on purpose (not crashing).
     Leave(LeaveNotice),
+    /// A fence outcome signed by its executor (gossip reaches members that missed the direct
+    /// [`Message::CertifiedOutcome`]; a `Confirmed` counts only where the certificate is known).
+    SignedOutcome(SignedOutcome),
 }
 
 /// A daemon stopping cleanly says so before it goes quiet. Peers then treat that member like one
@@ -457,6 +504,36 @@ pub enum Message {
     /// watchdog only once enough members know (or its slot took the stop record): a stop nobody
     /// heard is, to its peers, a silent host they will fence.
     LeaveAck(LeaveNotice),
+    /// A fence attempt ended: the executor's signed outcome with the certificate it ran under
+    /// (replaces [`Message::Outcome`]).
+    CertifiedOutcome(CertifiedOutcome),
+    /// Fence news whose outcomes are signed by their executors (replaces
+    /// [`Message::FenceNews`]).
+    SignedFenceNews(SignedFenceNews),
+}
+
+/// One known fence with its executor's signed outcome, if the sender has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedNewsItem {
+    /// The certificate the fence ran under.
+    pub qc: QuorumCertificate,
+    /// Its outcome as signed by the executor; its proposal must be the certificate's.
+    pub outcome: Option<SignedOutcome>,
+}
+
+/// [`FenceNews`] with signed outcomes: the same batch, part and slot rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedFenceNews {
+    /// Identifies the batch.
+    pub batch: u64,
+    /// This part's number, below `parts`.
+    pub part: u8,
+    /// Parts in the batch.
+    pub parts: u8,
+    /// At most [`NEWS_ITEMS_MAX`] items.
+    pub items: Vec<SignedNewsItem>,
+    /// As [`FenceNews::slots`].
+    pub slots: Vec<(u8, MemberId, BootId)>,
 }
 
 /// Certificates carried in one [`FenceNews`] message at most (a certificate of 128 votes is
@@ -539,6 +616,8 @@ impl Message {
             Message::Leave(_) => "leave",
             Message::FenceNews(_) => "fence_news",
             Message::LeaveAck(_) => "leave_ack",
+            Message::CertifiedOutcome(_) => "certified_outcome",
+            Message::SignedFenceNews(_) => "signed_fence_news",
         }
     }
 }

@@ -250,6 +250,68 @@ fn golden_appended_variants() {
 }
 
 #[test]
+fn golden_signed_outcomes() {
+    let signed = SignedOutcome {
+        outcome: FenceOutcome {
+            proposal: proposal(),
+            attempt: 1,
+            result: OutcomeResult::Confirmed(Evidence::PowerOff { level: 0 }),
+        },
+        signature: Signature::from_bytes([0x51; 64]),
+    };
+    let qc = QuorumCertificate {
+        proposal: proposal(),
+        votes: vec![signed_vote(2)],
+    };
+    let certified = roundtrip(&envelope(Message::CertifiedOutcome(CertifiedOutcome {
+        qc: qc.clone(),
+        signed,
+    })));
+    check("CertifiedOutcome", &certified, GOLDEN_CERTIFIED_OUTCOME);
+    let news = roundtrip(&envelope(Message::SignedFenceNews(SignedFenceNews {
+        batch: 7,
+        part: 0,
+        parts: 1,
+        items: vec![SignedNewsItem {
+            qc,
+            outcome: Some(signed),
+        }],
+        slots: vec![(0, MemberId(3), BootId([0xb0; 16]))],
+    })));
+    check("SignedFenceNews", &news, GOLDEN_SIGNED_FENCE_NEWS);
+    let gossip = Broadcast::SignedOutcome(signed);
+    let bytes = encode_broadcast(&gossip).unwrap();
+    assert_eq!(decode_broadcast(&bytes).unwrap(), gossip);
+    check(
+        "Broadcast::SignedOutcome",
+        &bytes,
+        GOLDEN_BROADCAST_SIGNED_OUTCOME,
+    );
+}
+
+#[test]
+fn an_outcome_with_another_proposal_than_its_certificate_is_invalid() {
+    let mut other = proposal();
+    other.target = MemberId(2);
+    let env = envelope(Message::CertifiedOutcome(CertifiedOutcome {
+        qc: QuorumCertificate {
+            proposal: proposal(),
+            votes: vec![signed_vote(2)],
+        },
+        signed: SignedOutcome {
+            outcome: FenceOutcome {
+                proposal: other,
+                attempt: 1,
+                result: OutcomeResult::Confirmed(Evidence::PowerOff { level: 0 }),
+            },
+            signature: Signature::from_bytes([0x51; 64]),
+        },
+    }));
+    let bytes = encode(&env).unwrap();
+    assert!(matches!(decode(&bytes), Err(DecodeError::Invalid(_))));
+}
+
+#[test]
 fn golden_swim_header() {
     use bytes::BufMut;
     use foca::{Codec, Header, Member, Message as SwimMessage, State};
@@ -313,3 +375,6 @@ const GOLDEN_REFUSE_LEFT: &str = "010870726f642d6b766dfdefcdab8967452301010303b0
 const GOLDEN_REFUSE_IN_FLIGHT: &str = "010870726f642d6b766dfdefcdab8967452301010303b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd0500000002000000000100010212";
 const GOLDEN_LEAVE_ACK: &str = "010870726f642d6b766dfdefcdab8967452301010b0305";
 const GOLDEN_REFUSE_RECOVERING: &str = "010870726f642d6b766dfdefcdab8967452301010303b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd0500000002000000000100010213";
+const GOLDEN_CERTIFIED_OUTCOME: &str = "010870726f642d6b766dfdefcdab8967452301010c03b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd050000000200000000010001010201fb5014fbd4170202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020203b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd0500000002000000000100010100000051515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151";
+const GOLDEN_SIGNED_FENCE_NEWS: &str = "010870726f642d6b766dfdefcdab8967452301010d0700010103b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd050000000200000000010001010201fb5014fbd417020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020103b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd0500000002000000000100010100000051515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151010003b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+const GOLDEN_BROADCAST_SIGNED_OUTCOME: &str = "0503b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b001fd0500000002000000000100010100000051515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151515151";

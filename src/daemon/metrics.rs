@@ -294,7 +294,7 @@ impl Collector for Snapshot {
         )?;
         e.counter(
             "messages_dropped",
-            "Inputs dropped by reason (forged_sender and bad_certificate are forgeries)",
+            "Inputs dropped by reason (forged_sender, bad_certificate, bad_news_certificate, bad_outcome_signature and outcome_without_certificate are forgeries)",
             &map_rows(&msgs["dropped"], "reason"),
         )?;
         let votes: Vec<(Labels, u64)> =

@@ -15,8 +15,8 @@ use crate::durable::Promise;
 use crate::rules::{self, Ineligible};
 use crate::time::{Instant, millis_u32};
 use peerfence_proto::{
-    BootId, FenceKind, FenceOutcome, MemberId, Message, OutcomeResult, Proposal, QuorumCertificate,
-    Refusal, RefuseReason, Round, SignedVote, Vote, VoteEvidence,
+    BootId, CertifiedOutcome, FenceKind, FenceOutcome, MemberId, Message, OutcomeResult, Proposal,
+    QuorumCertificate, Refusal, RefuseReason, Round, SignedOutcome, SignedVote, Vote, VoteEvidence,
 };
 use rand::RngExt;
 use std::collections::BTreeMap;
@@ -596,16 +596,58 @@ impl Node {
         });
     }
 
-    /// An attempt's end, from its executor (directly, `from` set) or by gossip.
-    pub(super) fn on_outcome(&mut self, from: Option<MemberId>, o: FenceOutcome) {
-        if from.is_some_and(|f| f != o.proposal.proposer) {
+    /// An attempt's end with the certificate it ran under, directly from its executor.
+    pub(super) fn on_certified_outcome(&mut self, from: MemberId, c: CertifiedOutcome) {
+        if c.signed.outcome.proposal.proposer != from {
             self.stats.drop("forged_sender");
             return;
         }
-        if self.keys.check_proposal(&o.proposal).is_err() {
-            self.stats.drop("bad_outcome");
+        if self.keys.verify_certificate(&c.qc).is_err() {
+            self.stats.drop("bad_certificate");
+            self.emit(Event::ForgedCertificate { from: Some(from) });
             return;
         }
+        self.on_signed_outcome(Some(from), c.signed, Some(&c.qc));
+    }
+
+    /// An attempt's end as its executor signed it: directly (`from` set, with the certificate),
+    /// by gossip, or in the news (`qc` already verified by the caller). Only the executor can
+    /// sign it, whoever relays it; and a `Confirmed`, which leads to "safe to recover", counts
+    /// only for a fence whose certificate this node verified (a quorum agreed). Anything else is
+    /// dropped and counted, and changes nothing.
+    pub(super) fn on_signed_outcome(
+        &mut self,
+        from: Option<MemberId>,
+        signed: SignedOutcome,
+        qc: Option<&QuorumCertificate>,
+    ) {
+        if from.is_some_and(|f| f != signed.outcome.proposal.proposer) {
+            self.stats.drop("forged_sender");
+            return;
+        }
+        if self.keys.verify_outcome(&signed).is_err() {
+            self.stats.drop("bad_outcome_signature");
+            return;
+        }
+        let o = signed.outcome;
+        if let Some(qc) = qc {
+            debug_assert_eq!(qc.proposal, o.proposal, "the decoder checks this");
+            self.learn_fence(qc, None);
+        }
+        if matches!(o.result, OutcomeResult::Confirmed(_))
+            && self.durable.news_certificate(&o.proposal).is_none()
+        {
+            self.stats.drop("outcome_without_certificate");
+            return;
+        }
+        if self.durable.news_proof(&signed) {
+            self.dirty = true;
+        }
+        self.on_outcome(o);
+    }
+
+    /// A verified outcome (see [`Node::on_signed_outcome`]).
+    fn on_outcome(&mut self, o: FenceOutcome) {
         let p = o.proposal;
         if self.durable.release(&p) {
             self.dirty = true;

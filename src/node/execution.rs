@@ -14,8 +14,8 @@ use crate::heartbeat::Liveness;
 use crate::rules::{self, TargetClass};
 use crate::time::Instant;
 use peerfence_proto::{
-    AbortReason, BootId, Evidence, FailReason, FenceOutcome, MemberId, Message, OutcomeResult,
-    Proposal, QuorumCertificate,
+    AbortReason, BootId, CertifiedOutcome, Evidence, FailReason, FenceOutcome, MemberId, Message,
+    OutcomeResult, Proposal, QuorumCertificate,
 };
 use std::sync::Arc;
 
@@ -431,14 +431,35 @@ impl Node {
         if exec.pill_written {
             self.clear_pill(t, p);
         }
-        let outcome = FenceOutcome {
-            proposal: p,
-            attempt: exec.attempt,
-            result,
-        };
-        self.send_all(Message::Outcome(outcome), true);
+        self.announce_outcome(
+            &exec.qc,
+            FenceOutcome {
+                proposal: p,
+                attempt: exec.attempt,
+                result,
+            },
+        );
+    }
+
+    /// Signs an outcome of a fence this node executed and tells every member: directly with the
+    /// certificate (so that a receiver that missed it can verify a quorum agreed), and by gossip
+    /// without it. Kept with the news, so that members that missed both learn it from the news.
+    fn announce_outcome(&mut self, qc: &QuorumCertificate, outcome: FenceOutcome) {
+        let signed = self
+            .vote_key
+            .sign_outcome(&self.cfg.cluster, self.cfg.digest(), outcome);
+        if self.durable.news_proof(&signed) {
+            self.dirty = true;
+        }
+        self.send_all(
+            Message::CertifiedOutcome(CertifiedOutcome {
+                qc: qc.clone(),
+                signed,
+            }),
+            true,
+        );
         self.swim
-            .broadcast(&peerfence_proto::Broadcast::Outcome(outcome));
+            .broadcast(&peerfence_proto::Broadcast::SignedOutcome(signed));
     }
 
     /// Records `t` fenced in `boot` (durably, first) and announces it once.
@@ -576,9 +597,25 @@ impl Node {
             attempt: i.attempt,
             result,
         };
-        self.send_all(Message::Outcome(outcome), true);
-        self.swim
-            .broadcast(&peerfence_proto::Broadcast::Outcome(outcome));
+        let qc = self
+            .durable
+            .fence_log
+            .iter()
+            .rev()
+            .find(|r| r.qc.proposal == i.proposal)
+            .map(|r| r.qc.clone());
+        match qc {
+            Some(qc) => self.announce_outcome(&qc, outcome),
+            // The fence record (persisted before any fence command) was dropped as the oldest
+            // of a full log: gossip alone, for members that hold the certificate.
+            None => {
+                let signed =
+                    self.vote_key
+                        .sign_outcome(&self.cfg.cluster, self.cfg.digest(), outcome);
+                self.swim
+                    .broadcast(&peerfence_proto::Broadcast::SignedOutcome(signed));
+            }
+        }
     }
 
     /// Ends interrupted attempts whose deadline passed: they failed, and voters may now release.

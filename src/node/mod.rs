@@ -757,11 +757,14 @@ impl Node {
             Message::Refuse(r) => self.on_refuse(from, r),
             Message::Release(r) => self.on_release(from, r.proposal),
             Message::Certificate(qc) => self.on_certificate(from, qc),
-            Message::Outcome(o) => self.on_outcome(Some(from), o),
+            // Unsigned: from a build before outcomes were signed, or forged. Never acted on.
+            Message::Outcome(_) => self.stats.drop("unsigned_outcome"),
+            Message::CertifiedOutcome(c) => self.on_certified_outcome(from, c),
             Message::Contact(c) => self.on_contact(from, c),
             Message::ContactAck(a) => self.on_contact_ack(from, a),
             Message::Leave(l) => self.on_leave(from, l),
-            Message::FenceNews(n) => self.on_fence_news(from, n),
+            Message::FenceNews(n) => self.on_legacy_fence_news(from, n),
+            Message::SignedFenceNews(n) => self.on_fence_news(from, n),
             Message::LeaveAck(_) => self.stats.drop("leave_ack_not_leaving"),
         }
     }
@@ -805,7 +808,8 @@ impl Node {
                     });
                 }
             }
-            Broadcast::Outcome(o) => self.on_outcome(None, o),
+            Broadcast::Outcome(_) => self.stats.drop("unsigned_outcome"),
+            Broadcast::SignedOutcome(o) => self.on_signed_outcome(None, o, None),
             Broadcast::Leave(l) => self.apply_leave(l),
         }
     }

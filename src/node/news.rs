@@ -11,8 +11,8 @@
 
 use super::{Event, Node};
 use peerfence_proto::{
-    FenceNews, MemberId, Message, NEWS_ITEMS_MAX, NEWS_PARTS_MAX, NEWS_SLOTS_MAX, NewsItem,
-    OutcomeResult,
+    FenceNews, MemberId, Message, NEWS_ITEMS_MAX, NEWS_PARTS_MAX, NEWS_SLOTS_MAX, OutcomeResult,
+    SignedFenceNews, SignedNewsItem,
 };
 
 /// What this node received of one peer's latest batch.
@@ -33,15 +33,19 @@ impl Node {
         }
         self.news_batch = self.news_batch.wrapping_add(1);
         let batch = (u64::from(self.me.0) << 48) ^ self.news_batch;
-        let items: Vec<NewsItem> = self
+        // An outcome goes out only as its executor signed it; one this node knows but holds no
+        // signature for (kept by a build before outcomes were signed) goes out as unknown.
+        let items: Vec<SignedNewsItem> = self
             .durable
             .news
             .iter()
             .rev()
             .take(NEWS_ITEMS_MAX * usize::from(NEWS_PARTS_MAX))
-            .map(|n| NewsItem {
+            .map(|n| SignedNewsItem {
                 qc: n.qc.clone(),
-                outcome: n.outcome,
+                outcome: n
+                    .outcome
+                    .and_then(|_| self.durable.proof_of(&n.qc.proposal)),
             })
             .collect();
         let slots: Vec<_> = self
@@ -51,31 +55,72 @@ impl Node {
             .take(NEWS_SLOTS_MAX)
             .map(|s| (s.slot, s.target, s.target_boot))
             .collect();
-        let chunks: Vec<Vec<NewsItem>> = if items.is_empty() {
+        let chunks: Vec<Vec<SignedNewsItem>> = if items.is_empty() {
             vec![Vec::new()]
         } else {
             items.chunks(NEWS_ITEMS_MAX).map(<[_]>::to_vec).collect()
         };
         let parts = chunks.len() as u8;
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let news = FenceNews {
+            let news = SignedFenceNews {
                 batch,
                 part: i as u8,
                 parts,
                 items: chunk,
                 slots: if i == 0 { slots.clone() } else { Vec::new() },
             };
-            self.send(to, Message::FenceNews(news), true);
+            self.send(to, Message::SignedFenceNews(news), true);
         }
     }
 
-    pub(super) fn on_fence_news(&mut self, from: MemberId, news: FenceNews) {
+    /// News from a build before outcomes were signed: its certificates count (each verified),
+    /// its unsigned outcomes do not (the fence is taken as possibly still running).
+    pub(super) fn on_legacy_fence_news(&mut self, from: MemberId, news: FenceNews) {
+        let items = news
+            .items
+            .into_iter()
+            .map(|i| {
+                if i.outcome.is_some() {
+                    self.stats.drop("unsigned_outcome");
+                }
+                SignedNewsItem {
+                    qc: i.qc,
+                    outcome: None,
+                }
+            })
+            .collect();
+        let news = SignedFenceNews {
+            batch: news.batch,
+            part: news.part,
+            parts: news.parts,
+            items,
+            slots: news.slots,
+        };
+        self.on_fence_news(from, news);
+    }
+
+    pub(super) fn on_fence_news(&mut self, from: MemberId, news: SignedFenceNews) {
         for item in news.items {
             if self.keys.verify_certificate(&item.qc).is_err() {
                 self.stats.drop("bad_news_certificate");
                 continue;
             }
-            self.learn_fence(&item.qc, item.outcome);
+            // A relayed outcome counts only as its executor signed it (the decoder checked that
+            // it names the certificate's proposal).
+            let outcome = match item.outcome {
+                Some(signed) if self.keys.verify_outcome(&signed).is_ok() => Some(signed),
+                Some(_) => {
+                    self.stats.drop("bad_outcome_signature");
+                    None
+                }
+                None => None,
+            };
+            self.learn_fence(&item.qc, outcome.map(|o| o.outcome.result));
+            if let Some(signed) = outcome
+                && self.durable.news_proof(&signed)
+            {
+                self.dirty = true;
+            }
         }
         if self.durable.votes_need_news {
             // This node lost its state: whatever its peers reserved, it may have reserved too.
@@ -113,7 +158,7 @@ impl Node {
 
     /// A verified certificate of a fence that started (from the news or the network): its slot
     /// is spent, and, when its outcome is known, the target's state follows it.
-    fn learn_fence(
+    pub(super) fn learn_fence(
         &mut self,
         qc: &peerfence_proto::QuorumCertificate,
         outcome: Option<OutcomeResult>,

@@ -8,8 +8,8 @@ use crate::crypto::VoteKey;
 use crate::health::WriteOutcome;
 use crate::testutil::{key, raw};
 use peerfence_proto::{
-    FenceKind, HeartbeatRecord, Proposal, QuorumCertificate, RefuseReason, Round, SignedVote,
-    VoteEvidence,
+    FenceKind, FenceOutcome, HeartbeatRecord, OutcomeResult, Proposal, QuorumCertificate,
+    RefuseReason, Round, SignedVote, VoteEvidence,
 };
 
 const STEP: Duration = Duration::from_millis(100);
@@ -1718,4 +1718,126 @@ fn views_agree_with_what_happened_after_a_fence() {
     let used = |c: &Cluster, i: usize| c.disks[i].as_ref().unwrap().slots.len();
     assert_eq!(used(&c, 1), 1, "its own view counts the slot");
     assert_eq!(used(&c, 0), 1, "as a peer's does");
+}
+
+/// Issue 11: an outcome that leads to "safe to recover" needs its executor's signature and a
+/// certificate this node verified. A compromised member's forgeries — unsigned, over a
+/// certificate of its own vote, naming another executor, gossip without a certificate, a genuine
+/// certificate with an outcome it signed for someone else's fence — change nothing but counters.
+#[test]
+fn forged_outcomes_are_dropped_counted_and_change_nothing() {
+    let mut c = settled(5, |_| {});
+    let cfg = c.cfg.clone();
+    let (cluster, digest) = (cfg.cluster.clone(), cfg.digest());
+    let confirmed = |qc: &QuorumCertificate| FenceOutcome {
+        proposal: qc.proposal,
+        attempt: 1,
+        result: OutcomeResult::Confirmed(peerfence_proto::Evidence::PowerOff { level: 0 }),
+    };
+    // h1 is the liar; h4 is alive.
+    let own = certificate(&c, 4, boot(4), &[1]);
+    let quorum = certificate(&c, 4, boot(4), &[2, 1, 3]); // h2 proposed: h1 is not its executor
+    let signed_own = key(1).sign_outcome(&cluster, digest, confirmed(&own));
+    let signed_for_h2 = key(1).sign_outcome(&cluster, digest, confirmed(&quorum));
+    let mut spoofed = own.clone();
+    spoofed.proposal.proposer = MemberId(2);
+    let signed_spoofed = key(1).sign_outcome(&cluster, digest, confirmed(&spoofed));
+    let news = |qc: QuorumCertificate, outcome| {
+        Message::SignedFenceNews(peerfence_proto::SignedFenceNews {
+            batch: 1,
+            part: 0,
+            parts: 1,
+            items: vec![peerfence_proto::SignedNewsItem {
+                qc,
+                outcome: Some(outcome),
+            }],
+            slots: Vec::new(),
+        })
+    };
+    let messages = [
+        Message::Outcome(confirmed(&own)),
+        Message::CertifiedOutcome(peerfence_proto::CertifiedOutcome {
+            qc: own.clone(),
+            signed: signed_own,
+        }),
+        Message::CertifiedOutcome(peerfence_proto::CertifiedOutcome {
+            qc: spoofed.clone(),
+            signed: signed_spoofed,
+        }),
+        news(quorum.clone(), signed_for_h2),
+    ];
+    let node = c.nodes[0].as_mut().unwrap();
+    for message in messages {
+        let bytes = peerfence_proto::encode(&Envelope {
+            cluster: cluster.clone(),
+            digest,
+            sender: MemberId(1),
+            message,
+        })
+        .unwrap();
+        node.handle(
+            c.now,
+            Input::Datagram {
+                from: MemberId(1),
+                bytes: Bytes::from(bytes),
+            },
+        );
+    }
+    // By gossip (relayed by anyone): an unsigned one, and a signed one whose certificate this
+    // node never verified.
+    node.on_broadcast(Broadcast::Outcome(confirmed(&own)));
+    node.on_broadcast(Broadcast::SignedOutcome(signed_own));
+    while node.poll_output().is_some() {}
+    let d = &node.stats().dropped;
+    assert_eq!(d.get("unsigned_outcome"), Some(&2), "{d:?}");
+    assert_eq!(d.get("bad_certificate"), Some(&1), "{d:?}");
+    assert_eq!(d.get("forged_sender"), Some(&1), "{d:?}");
+    assert_eq!(d.get("bad_outcome_signature"), Some(&1), "{d:?}");
+    assert_eq!(d.get("outcome_without_certificate"), Some(&1), "{d:?}");
+    assert_eq!(node.durable().fenced_boot(MemberId(4)), None);
+    assert!(node.durable().news_proofs.is_empty());
+    let h4 = node
+        .status()
+        .peers
+        .into_iter()
+        .find(|p| p.member == MemberId(4))
+        .unwrap();
+    assert_ne!(h4.ha, HaState::Fenced);
+    assert!(!c.events(0).any(|e| matches!(
+        e,
+        Event::FenceConfirmed { .. } | Event::SafeToRecover { .. }
+    )));
+}
+
+/// Issue 11: the real executor's signed outcome, relayed by gossip, counts once this node holds
+/// the certificate; the same bytes with one bit changed do not.
+#[test]
+fn a_signed_outcome_counts_only_with_its_certificate_and_intact() {
+    let mut c = settled(5, |_| {});
+    let cfg = c.cfg.clone();
+    let qc = certificate(&c, 4, boot(4), &[1, 2, 3]);
+    let outcome = FenceOutcome {
+        proposal: qc.proposal,
+        attempt: 1,
+        result: OutcomeResult::Confirmed(peerfence_proto::Evidence::PowerOff { level: 0 }),
+    };
+    let signed = key(1).sign_outcome(&cfg.cluster, cfg.digest(), outcome);
+    let mut tampered = signed;
+    tampered.outcome.attempt = 2;
+    let node = c.nodes[0].as_mut().unwrap();
+    node.on_broadcast(Broadcast::SignedOutcome(signed));
+    assert_eq!(
+        node.stats().dropped.get("outcome_without_certificate"),
+        Some(&1)
+    );
+    node.on_certificate(MemberId(1), qc);
+    node.on_broadcast(Broadcast::SignedOutcome(tampered));
+    assert_eq!(node.stats().dropped.get("bad_outcome_signature"), Some(&1));
+    assert_eq!(node.durable().fenced_boot(MemberId(4)), None);
+    node.on_broadcast(Broadcast::SignedOutcome(signed));
+    assert_eq!(node.durable().fenced_boot(MemberId(4)), Some(boot(4)));
+    assert_eq!(
+        node.durable().proof_of(&signed.outcome.proposal),
+        Some(signed)
+    );
 }
