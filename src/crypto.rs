@@ -9,9 +9,9 @@
 use crate::config::{Config, Roster};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use peerfence_proto::{
-    ClusterId, ConfigDigest, FenceKind, FenceOutcome, MemberId, Proposal, PublicKey,
-    QuorumCertificate, Signature, SignedOutcome, SignedVote, VoteEvidence, outcome_signing_bytes,
-    vote_signing_bytes,
+    ClusterId, ConfigDigest, FenceKind, FenceOutcome, HealthUpdate, MemberId, Proposal, PublicKey,
+    QuorumCertificate, Signature, SignedHealth, SignedOutcome, SignedVote, VoteEvidence,
+    health_signing_bytes, outcome_signing_bytes, vote_signing_bytes,
 };
 use std::fmt;
 
@@ -54,6 +54,20 @@ impl VoteKey {
         let bytes = outcome_signing_bytes(cluster, digest, &outcome);
         SignedOutcome {
             outcome,
+            signature: Signature::from_bytes(self.0.sign(&bytes).to_bytes()),
+        }
+    }
+
+    /// Signs this member's own health update.
+    pub fn sign_health(
+        &self,
+        cluster: &ClusterId,
+        digest: ConfigDigest,
+        health: HealthUpdate,
+    ) -> SignedHealth {
+        let bytes = health_signing_bytes(cluster, digest, &health);
+        SignedHealth {
+            health,
             signature: Signature::from_bytes(self.0.sign(&bytes).to_bytes()),
         }
     }
@@ -212,6 +226,18 @@ impl KeyRing {
         let sig = ed25519_dalek::Signature::from_bytes(&signed.signature.to_bytes());
         key.verify_strict(&bytes, &sig)
             .map_err(|_| CertError::BadSignature(proposal.proposer))
+    }
+
+    /// Verifies a health update: signed by the member it describes.
+    pub fn verify_health(&self, signed: &SignedHealth) -> Result<(), CertError> {
+        let m = signed.health.member;
+        let Some(Some(key)) = self.keys.get(m.index()) else {
+            return Err(CertError::UnknownMember);
+        };
+        let bytes = health_signing_bytes(&self.cluster, self.digest, &signed.health);
+        let sig = ed25519_dalek::Signature::from_bytes(&signed.signature.to_bytes());
+        key.verify_strict(&bytes, &sig)
+            .map_err(|_| CertError::BadSignature(m))
     }
 }
 

@@ -114,6 +114,12 @@ pub const RECOVER_GENERATION_MARGIN: u32 = 16;
 /// Pending pill clears kept at most (one per member of the largest cluster, twice).
 pub const PILLS_TO_CLEAR_MAX: usize = 256;
 
+/// How far one flag update may move the flag counter past the highest this node knows. Each
+/// operator command steps it by one, so a genuine update is never near this far ahead; a
+/// forged one at `u64::MAX` (which would leave the cluster disarmed for good, no later command
+/// being able to outbid it) is refused everywhere.
+pub const FLAG_STEP_MAX: u64 = 1 << 20;
+
 /// Fence news kept at most (two full budgets).
 pub const NEWS_MAX: usize = 64;
 
@@ -730,6 +736,11 @@ impl DurableState {
         } else {
             false
         }
+    }
+
+    /// Whether a received flag version is within [`FLAG_STEP_MAX`] of what this node knows.
+    pub fn flag_step_ok(&self, version: FlagVersion) -> bool {
+        version.counter <= self.max_flag_counter().saturating_add(FLAG_STEP_MAX)
     }
 
     /// Highest flag counter seen, for a new local version.

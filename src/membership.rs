@@ -8,6 +8,7 @@
 //! hands them to the node through a small inbox.
 
 use crate::config::Config;
+use crate::crypto::KeyRing;
 use crate::time::Instant;
 use bytes::Bytes;
 use foca::{BroadcastHandler, Foca, Invalidates, OwnedNotification, Runtime, State, Timer};
@@ -70,6 +71,7 @@ impl Invalidates for BroadcastKey {
 fn key_of(item: &Broadcast) -> BroadcastKey {
     match item {
         Broadcast::Health(h) => BroadcastKey::Health(h.member),
+        Broadcast::SignedHealth(h) => BroadcastKey::Health(h.health.member),
         Broadcast::Arm(_) => BroadcastKey::Arm,
         Broadcast::Maintenance(m) => BroadcastKey::Maintenance(m.member),
         Broadcast::Outcome(o) => {
@@ -100,16 +102,25 @@ pub struct Handler {
     n: usize,
     health: Vec<Option<(u32, u64)>>,
     arm: Option<FlagVersion>,
+    /// Highest flag counter passed on (seeded from the durable state): a flag further ahead
+    /// than [`crate::durable::FLAG_STEP_MAX`] is never news (the node counts it).
+    flag_max: u64,
     maintenance: Vec<Option<FlagVersion>>,
     leave: Vec<Option<u32>>,
     outcomes: VecDeque<BroadcastKey>,
     inbox: Inbox,
     dropped: u64,
+    /// Verifies signed items before they count as news: a forged one is never passed on, so
+    /// it can neither reach the node nor shadow a genuine item with a higher version. `None` in
+    /// unit tests of the dissemination rules only.
+    keys: Option<KeyRing>,
 }
 
 impl Handler {
-    fn new(n: usize, inbox: Inbox) -> Self {
+    fn new(n: usize, inbox: Inbox, keys: Option<KeyRing>, flag_max: u64) -> Self {
         Self {
+            keys,
+            flag_max,
             n,
             health: vec![None; n],
             arm: None,
@@ -129,15 +140,44 @@ impl Handler {
         }
     }
 
-    /// Returns the key if `item` is news (and records it as known).
+    /// Whether `item` is a flag further ahead than [`crate::durable::FLAG_STEP_MAX`] of the
+    /// highest counter passed on so far (which it raises otherwise).
+    fn flag_too_far(&mut self, item: &Broadcast) -> bool {
+        let counter = match item {
+            Broadcast::Arm(a) => a.version.counter,
+            Broadcast::Maintenance(m) => m.version.counter,
+            _ => return false,
+        };
+        if counter > self.flag_max.saturating_add(crate::durable::FLAG_STEP_MAX) {
+            return true;
+        }
+        self.flag_max = self.flag_max.max(counter);
+        false
+    }
+
+    /// Checks the signature of a signed item (before it is recorded as known).
+    fn verified(&self, ok: impl FnOnce(&KeyRing) -> bool) -> Result<(), BadBroadcast> {
+        match &self.keys {
+            Some(keys) if !ok(keys) => Err(BadBroadcast("signature does not verify".into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Returns the key if `item` is news (and records it as known). A signed item whose
+    /// signature does not verify is an error: foca drops the packet that carried it (a relayer
+    /// that verifies never carries one, so the packet is the forger's), counted `bad_broadcast`.
     fn news(&mut self, item: &Broadcast) -> Result<Option<BroadcastKey>, BadBroadcast> {
         Ok(match item {
-            Broadcast::Health(h) => {
+            // Unsigned health (a build before signed health, or forged): never news.
+            Broadcast::Health(_) => None,
+            Broadcast::SignedHealth(sh) => {
+                let h = &sh.health;
                 let i = self.member(h.member)?;
                 let v = (h.generation, h.seq);
                 if self.health[i].is_some_and(|known| known >= v) {
                     None
                 } else {
+                    self.verified(|k| k.verify_health(sh).is_ok())?;
                     self.health[i] = Some(v);
                     Some(BroadcastKey::Health(h.member))
                 }
@@ -169,6 +209,7 @@ impl Handler {
                 if self.outcomes.contains(&key) {
                     None
                 } else {
+                    self.verified(|k| k.verify_outcome(o).is_ok())?;
                     self.outcomes.push_back(key);
                     if self.outcomes.len() > OUTCOME_KEYS_MAX {
                         self.outcomes.pop_front();
@@ -200,8 +241,9 @@ impl BroadcastHandler<Ident> for Handler {
     ) -> Result<Option<Self::Key>, Self::Error> {
         let item = peerfence_proto::decode_broadcast(data)
             .map_err(|e: DecodeError| BadBroadcast(e.to_string()))?;
-        let key = self.news(&item)?;
-        if matches!(item, Broadcast::Outcome(_)) {
+        let too_far = self.flag_too_far(&item);
+        let key = if too_far { None } else { self.news(&item)? };
+        if too_far || matches!(item, Broadcast::Outcome(_) | Broadcast::Health(_)) {
             // Handed to the node (which counts the drop), never passed on.
             let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
             if inbox.len() < INBOX_MAX {
@@ -321,9 +363,15 @@ pub fn foca_config(config: &Config) -> foca::Config {
 
 impl Membership {
     /// A member running as `me` with `generation`, randomness from `seed`.
-    pub fn new(config: &Config, me: MemberId, generation: u32, seed: u64) -> Self {
+    /// `flag_max` is the highest operator-flag counter in the durable state.
+    pub fn new(config: &Config, me: MemberId, generation: u32, seed: u64, flag_max: u64) -> Self {
         let inbox: Inbox = Arc::default();
-        let handler = Handler::new(config.n(), inbox.clone());
+        let handler = Handler::new(
+            config.n(),
+            inbox.clone(),
+            Some(KeyRing::new(config)),
+            flag_max,
+        );
         let foca = Foca::with_custom_broadcast(
             Ident {
                 member: me,
@@ -507,7 +555,7 @@ mod tests {
     #[test]
     fn timers_come_back_in_deadline_then_submission_order() {
         let cfg = config(3);
-        let mut m = Membership::new(&cfg, MemberId(0), 1, 1);
+        let mut m = Membership::new(&cfg, MemberId(0), 1, 1, 0);
         m.timers.clear();
         let now = Instant::from_micros(1_000);
         {
@@ -535,8 +583,8 @@ mod tests {
     #[test]
     fn packets_claiming_another_sender_are_rejected_before_foca_sees_them() {
         let cfg = config(3);
-        let mut a = Membership::new(&cfg, MemberId(0), 1, 1);
-        let mut b = Membership::new(&cfg, MemberId(1), 1, 2);
+        let mut a = Membership::new(&cfg, MemberId(0), 1, 1, 0);
+        let mut b = Membership::new(&cfg, MemberId(1), 1, 2, 0);
         a.announce_to_inactive(Instant::ZERO);
         let sends = a.take_sends();
         let (_, packet) = sends.iter().find(|(to, _)| *to == MemberId(1)).unwrap();
@@ -554,19 +602,27 @@ mod tests {
     #[test]
     fn only_news_is_disseminated() {
         let inbox: Inbox = Arc::default();
-        let mut h = Handler::new(3, inbox);
+        let mut h = Handler::new(3, inbox, None, 0);
+        let update = |seq| peerfence_proto::HealthUpdate {
+            member: MemberId(1),
+            generation: 1,
+            seq,
+            boot: peerfence_proto::BootId([1; 16]),
+            verdict: peerfence_proto::Verdict::Healthy,
+            storage: vec![],
+            agent: peerfence_proto::AgentHealth::Unknown,
+            isolation: peerfence_proto::IsolationHealth::NotConfigured,
+        };
         let health = |seq| {
-            Broadcast::Health(peerfence_proto::HealthUpdate {
-                member: MemberId(1),
-                generation: 1,
-                seq,
-                boot: peerfence_proto::BootId([1; 16]),
-                verdict: peerfence_proto::Verdict::Healthy,
-                storage: vec![],
-                agent: peerfence_proto::AgentHealth::Unknown,
-                isolation: peerfence_proto::IsolationHealth::NotConfigured,
+            Broadcast::SignedHealth(peerfence_proto::SignedHealth {
+                health: update(seq),
+                signature: peerfence_proto::Signature::from_bytes([0; 64]),
             })
         };
+        assert!(
+            h.news(&Broadcast::Health(update(9))).unwrap().is_none(),
+            "unsigned health is never news"
+        );
         assert!(h.news(&health(2)).unwrap().is_some());
         assert!(
             h.news(&health(2)).unwrap().is_none(),
@@ -582,5 +638,30 @@ mod tests {
             generation: 1,
         });
         assert!(h.news(&stranger).is_err());
+    }
+
+    /// A signed item that does not verify is refused before it is recorded: it cannot shadow
+    /// the genuine update, which is still news afterwards.
+    #[test]
+    fn a_forged_signed_item_is_refused_and_shadows_nothing() {
+        let cfg = crate::testutil::raw(3).validate().unwrap();
+        let inbox: Inbox = Arc::default();
+        let mut h = Handler::new(3, inbox, Some(KeyRing::new(&cfg)), 0);
+        let update = |generation| peerfence_proto::HealthUpdate {
+            member: MemberId(1),
+            generation,
+            seq: 1,
+            boot: peerfence_proto::BootId([1; 16]),
+            verdict: peerfence_proto::Verdict::Healthy,
+            storage: vec![],
+            agent: peerfence_proto::AgentHealth::Unknown,
+            isolation: peerfence_proto::IsolationHealth::NotConfigured,
+        };
+        // Signed by member 2, claiming to be member 1, at the highest generation.
+        let forged =
+            crate::testutil::key(2).sign_health(&cfg.cluster, cfg.digest(), update(u32::MAX));
+        assert!(h.news(&Broadcast::SignedHealth(forged)).is_err());
+        let genuine = crate::testutil::key(1).sign_health(&cfg.cluster, cfg.digest(), update(3));
+        assert!(h.news(&Broadcast::SignedHealth(genuine)).unwrap().is_some());
     }
 }

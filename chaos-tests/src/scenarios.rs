@@ -1368,6 +1368,71 @@ fn frozen_and_resumed(s: &mut Setup) {
     s.victims = vec![v];
 }
 
+/// `frozen-and-resumed`, and while the host is frozen (its peers hold it dead, its fence failing
+/// on a dead BMC) a compromised member gossips that it rebooted: a new boot, unsigned and signed
+/// with the liar's own key. A new boot would prove its VMs gone; this one must prove nothing.
+fn forged_reboot(s: &mut Setup) {
+    frozen_and_resumed(s);
+    let v = s.victims[0];
+    let by = (v + 1 + s.rng.random_range(0..s.nodes - 1)) % s.nodes;
+    let at = s
+        .faults
+        .iter()
+        .find_map(|(t, f)| matches!(f, Fault::StallProcess(..)).then_some(*t));
+    let at = at.expect("frozen_and_resumed stalls the host");
+    for lo in [8, 16] {
+        let t = at + s.rng.random_range(lo * SEC..=(lo + 2) * SEC);
+        s.fault(
+            t,
+            Fault::Forge {
+                by,
+                target: v,
+                forgery: Forgery::HealthNewBoot,
+            },
+        );
+    }
+}
+
+/// A compromised member gossips a disarm at the highest flag version (which no operator command
+/// could outbid), then another host crashes: it must still be fenced.
+fn forged_disarm(s: &mut Setup) {
+    s.duration_us = 70 * SEC;
+    let [by, v] = s.distinct(2)[..] else {
+        unreachable!("min_nodes is 3")
+    };
+    let forge = s.at(15, 20);
+    s.fault(
+        forge,
+        Fault::Forge {
+            by,
+            target: v,
+            forgery: Forgery::DisarmForever,
+        },
+    );
+    let at = s.at(30, 35);
+    s.fault(at, Fault::CrashHost(v));
+    s.expected_crashes.push((v, at, Some(10 * SEC)));
+    s.victims = vec![v];
+}
+
+fn expect_forged_disarm(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = expect_victims_confirmed(s, r);
+    if r.drops.get("flag_step_too_large").copied().unwrap_or(0) == 0 {
+        out.push("no member counted a `flag_step_too_large` drop".into());
+    }
+    out
+}
+
+fn expect_forged_reboot(s: &Setup, r: &RunResult) -> Vec<String> {
+    let mut out = expect_no_self_fence(s, r);
+    for why in ["unsigned_health", "bad_broadcast"] {
+        if r.drops.get(why).copied().unwrap_or(0) == 0 {
+            out.push(format!("no member counted a `{why}` drop"));
+        }
+    }
+    out
+}
+
 fn expect_no_self_fence(s: &Setup, r: &RunResult) -> Vec<String> {
     let mut out = Vec::new();
     no_self_fences(r, &mut out);
@@ -1616,6 +1681,22 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: forged_outcome,
         expect: expect_forged_outcome,
+    },
+    Scenario {
+        name: "forged-reboot",
+        about: "a frozen host's peers hold it dead (its BMC fails) when a compromised member gossips that it rebooted (a new boot, unsigned and signed with the liar's key): nobody takes it as proof, the host resumes with its VMs and is never announced safe to recover",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: forged_reboot,
+        expect: expect_forged_reboot,
+    },
+    Scenario {
+        name: "forged-disarm",
+        about: "a compromised member gossips a disarm at the highest flag version, then a host crashes: the flag is refused (its counter jumps too far) and the crash is fenced within 10 s",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: forged_disarm,
+        expect: expect_forged_disarm,
     },
     Scenario {
         name: "clean-stop-operator-fence",

@@ -247,6 +247,12 @@ pub enum Forgery {
     SpoofedExecutor,
     /// Fence news carrying a self-certified fence with a signed `Confirmed`.
     News,
+    /// Gossip (a SWIM packet of its own) announcing that the target rebooted: a new boot and a
+    /// far higher generation, once unsigned and once signed with the forger's own key.
+    HealthNewBoot,
+    /// Gossip disarming the cluster at the highest flag version (`u64::MAX`), which no later
+    /// operator command could outbid.
+    DisarmForever,
 }
 
 /// When a trigger fires: right after the daemon emits a matching output.
@@ -2576,6 +2582,89 @@ impl World {
         }
     }
 
+    /// Sends every running member a SWIM packet from `by` (its real identity, authenticated as
+    /// it) carrying a forged health of `target` with a new boot.
+    fn forge_health(&mut self, by: usize, target: usize, cfg: &Config, key: &VoteKey) {
+        use peerfence_proto::{
+            AgentHealth, Broadcast, HealthUpdate, IsolationHealth, StorageHealth, Verdict,
+        };
+        let mut boot = self.hosts[target].boot;
+        boot.0[0] ^= 0xff;
+        let health = HealthUpdate {
+            member: MemberId(target as u16),
+            generation: 1_000_000,
+            seq: 1,
+            boot,
+            verdict: Verdict::Healthy,
+            storage: vec![StorageHealth::Ok; cfg.storage.paths.len()],
+            agent: AgentHealth::Alive,
+            isolation: IsolationHealth::NotConfigured,
+        };
+        let items = [
+            Broadcast::Health(health.clone()),
+            Broadcast::SignedHealth(key.sign_health(&cfg.cluster, cfg.digest(), health)),
+        ];
+        self.trace(Some(by), || {
+            format!("forges gossip: h{target} rebooted into {boot:?}")
+        });
+        self.forge_gossip(by, cfg, &items);
+    }
+
+    /// Sends every running member, from `by` (its real SWIM identity, authenticated as it), one
+    /// SWIM packet per item carrying that custom broadcast.
+    fn forge_gossip(&mut self, by: usize, cfg: &Config, items: &[peerfence_proto::Broadcast]) {
+        use foca::{Codec, Header, Message as SwimMessage};
+        use peerfence_proto::{Envelope, Ident, Message};
+        let Some(by_generation) = self.hosts[by].node.as_ref().map(|n| n.generation()) else {
+            return;
+        };
+        for to in (0..self.hosts.len()).filter(|&m| m != by) {
+            let Some(to_generation) = self.hosts[to].node.as_ref().map(|n| n.generation()) else {
+                continue;
+            };
+            // One packet per item: a receiver drops a whole packet whose signed item does not
+            // verify, and the unsigned one must be seen on its own.
+            for item in items {
+                let mut packet = Vec::new();
+                let header = Header {
+                    src: Ident {
+                        member: MemberId(by as u16),
+                        generation: by_generation,
+                    },
+                    src_incarnation: 0,
+                    dst: Ident {
+                        member: MemberId(to as u16),
+                        generation: to_generation,
+                    },
+                    message: SwimMessage::Broadcast,
+                };
+                peerfence_proto::swim::SwimCodec
+                    .encode_header(&header, &mut packet)
+                    .expect("a SWIM header encodes");
+                let bytes = peerfence_proto::encode_broadcast(item).expect("an item encodes");
+                packet.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+                packet.extend_from_slice(&bytes);
+                let env = Envelope {
+                    cluster: cfg.cluster.clone(),
+                    digest: cfg.digest(),
+                    sender: MemberId(by as u16),
+                    message: Message::Swim(packet),
+                };
+                let bytes = Bytes::from(peerfence_proto::encode(&env).expect("encodes"));
+                for d in self.net.delays(by, to, false, &mut self.rng) {
+                    self.after(
+                        d,
+                        Ev::Deliver {
+                            to,
+                            from: by,
+                            bytes: bytes.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
     /// Sends `by`'s forged outcome about `target` to every other member over the network as it
     /// is (a cut link drops it like any message).
     fn forge(&mut self, by: usize, target: usize, forgery: Forgery) {
@@ -2585,6 +2674,24 @@ impl World {
         };
         let cfg = self.host_cfg[by].clone();
         let key = VoteKey::from_secret(self.hosts[by].secret);
+        if forgery == Forgery::HealthNewBoot {
+            self.forge_health(by, target, &cfg, &key);
+            return;
+        }
+        if forgery == Forgery::DisarmForever {
+            let item = peerfence_proto::Broadcast::Arm(peerfence_proto::ArmState {
+                armed: false,
+                version: peerfence_proto::FlagVersion {
+                    counter: u64::MAX,
+                    by: MemberId(by as u16),
+                },
+            });
+            self.trace(Some(by), || {
+                "forges gossip: the cluster is disarmed for good".into()
+            });
+            self.forge_gossip(by, &cfg, &[item]);
+            return;
+        }
         let executor = match forgery {
             Forgery::SpoofedExecutor => (0..self.hosts.len())
                 .find(|&m| m != by && m != target)
@@ -2629,6 +2736,9 @@ impl World {
             Forgery::Unsigned => Message::Outcome(outcome),
             Forgery::SelfCertified | Forgery::SpoofedExecutor => {
                 Message::CertifiedOutcome(CertifiedOutcome { qc, signed })
+            }
+            Forgery::HealthNewBoot | Forgery::DisarmForever => {
+                unreachable!("sent as gossip above")
             }
             Forgery::News => Message::SignedFenceNews(SignedFenceNews {
                 batch: u64::MAX,

@@ -173,6 +173,20 @@ fn forged_outcome() {
     assert_eq!(s.safe_to_recover_total, 0);
 }
 
+/// Issue 11: a forged reboot of a frozen host (gossip with a new boot) proves nothing.
+#[test]
+fn forged_reboot() {
+    let s = run_seam("forged-reboot");
+    assert_eq!(s.safe_to_recover_total, 0);
+}
+
+/// Issue 11: a forged disarm at the highest flag version is refused; a later crash is fenced.
+#[test]
+fn forged_disarm() {
+    let s = run_seam("forged-disarm");
+    assert!(s.fences_total >= s.runs as usize);
+}
+
 /// Issue 10 §1: only an operator's explicit fence fences a host that left, and only power Off
 /// confirms it.
 #[test]

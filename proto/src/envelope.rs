@@ -188,6 +188,9 @@ impl Validate for Broadcast {
             }
             Broadcast::Outcome(o) => o.proposal.validate(),
             Broadcast::SignedOutcome(o) => o.outcome.proposal.validate(),
+            Broadcast::SignedHealth(h) if h.health.storage.len() > MAX_STORAGE_PATHS => {
+                Err("health update describes more storage paths than allowed")
+            }
             _ => Ok(()),
         }
     }

@@ -412,6 +412,35 @@ pub struct HealthUpdate {
     pub isolation: IsolationHealth,
 }
 
+/// A health update signed by its member's vote key: only the member itself can say what its
+/// boot, generation and verdict are, whoever relays the update. Replaces [`Broadcast::Health`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHealth {
+    /// The update.
+    pub health: HealthUpdate,
+    /// ed25519 of `health.member` over [`health_signing_bytes`].
+    pub signature: Signature,
+}
+
+/// Domain separation tag for health signatures.
+pub const HEALTH_SIGNING_CONTEXT: &[u8] = b"peerfence/health/v1";
+
+/// The exact bytes a member signs for its health: context, cluster, config digest, the update.
+pub fn health_signing_bytes(
+    cluster: &ClusterId,
+    digest: ConfigDigest,
+    health: &HealthUpdate,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(HEALTH_SIGNING_CONTEXT);
+    // As in `vote_signing_bytes`: cannot fail; an empty body never verifies.
+    match bincode::serde::encode_to_vec((cluster, digest, health), crate::envelope::wire_config()) {
+        Ok(bytes) => out.extend_from_slice(&bytes),
+        Err(_) => out.clear(),
+    }
+    out
+}
+
 /// A version for cluster-wide flags: the higher counter wins, ties broken by the member that set
 /// it, so every member converges on the same value whatever order updates arrive in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -458,6 +487,8 @@ pub enum Broadcast {
     /// A fence outcome signed by its executor (gossip reaches members that missed the direct
     /// [`Message::CertifiedOutcome`]; a `Confirmed` counts only where the certificate is known).
     SignedOutcome(SignedOutcome),
+    /// A member's health, signed by it (replaces [`Broadcast::Health`]).
+    SignedHealth(SignedHealth),
 }
 
 /// A daemon stopping cleanly says so before it goes quiet. Peers then treat that member like one

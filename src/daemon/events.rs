@@ -203,6 +203,7 @@ pub fn kind_of(e: &Event) -> &'static str {
         Event::ArmChanged { armed: false, .. } => "disarmed",
         Event::MaintenanceChanged { .. } => "maintenance",
         Event::ManualFence { .. } => "manual_fence",
+        Event::FlagRefused { .. } => "flag_refused",
         Event::SelfFenceRequestAnswered { .. } => "self_fence_request_answered",
         Event::EligibilityChanged { .. } => "eligibility_changed",
         Event::MemberLeft { .. } => "member_left",
@@ -520,6 +521,10 @@ pub fn describe(e: &Event, roster: &Roster, levels: &[String]) -> (String, Value
                 name(by)
             ),
             json!({"on": on, "by": name(by)}),
+        ),
+        Event::FlagRefused { reason } => (
+            format!("operator command refused: {reason}"),
+            json!({"reason": reason}),
         ),
         Event::ManualFence { target, accepted } => (
             format!(

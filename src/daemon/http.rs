@@ -462,9 +462,10 @@ async fn act(
                 .api_actions
                 .get_or_create(&label("action", name))
                 .inc();
-            let accepted = !events
-                .iter()
-                .any(|e| e.kind == "manual_fence" && e.details["accepted"] == false);
+            let accepted = !events.iter().any(|e| {
+                (e.kind == "manual_fence" && e.details["accepted"] == false)
+                    || e.kind == "flag_refused"
+            });
             let events: Vec<&ApiEvent> = events.iter().map(|e| e.as_ref()).collect();
             Json(json!({"accepted": accepted, "action": name, "by": by, "events": events}))
                 .into_response()

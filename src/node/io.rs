@@ -561,6 +561,12 @@ pub enum Event {
         /// Set by.
         by: MemberId,
     },
+    /// An operator's arm, disarm or maintenance command did not take effect (nothing was set
+    /// or announced).
+    FlagRefused {
+        /// Why.
+        reason: &'static str,
+    },
     /// A manual fence request was accepted (it still needs a quorum) or refused.
     ManualFence {
         /// Target.

@@ -296,7 +296,13 @@ impl Node {
             rng: ChaCha8Rng::seed_from_u64(seed),
             now,
             started_at: now,
-            swim: Membership::new(&config, me, generation, seed ^ 0x5157_494d),
+            swim: Membership::new(
+                &config,
+                me,
+                generation,
+                seed ^ 0x5157_494d,
+                durable.max_flag_counter(),
+            ),
             local: LocalHealth::new(&config, now),
             verdict: Verdict::Unhealthy,
             peers,
@@ -771,7 +777,11 @@ impl Node {
 
     fn on_broadcast(&mut self, item: Broadcast) {
         match item {
-            Broadcast::Health(h) => {
+            // Unsigned: from a build before signed health, or forged. Never acted on.
+            Broadcast::Health(_) => self.stats.drop("unsigned_health"),
+            Broadcast::SignedHealth(sh) => {
+                // The membership layer verified the signature before passing it on.
+                let h = sh.health;
                 if h.member == self.me {
                     return;
                 }
@@ -787,7 +797,21 @@ impl Node {
                 self.member_generation(MemberId(i as u16), generation);
                 self.peers[i].health = Some(h);
                 self.peers[i].health_at = Some(self.now);
-                self.boot_seen(MemberId(i as u16), boot, generation);
+                // A new boot is evidence that the old instance and its VMs are gone, so it counts
+                // only when the host's own slot on shared storage shows it (the member signing
+                // this could be wrong about itself only if compromised, but its slot is written
+                // by the instance that runs). Gossip names a boot only where none is known yet.
+                if self.peers[i].boot.is_none() {
+                    self.boot_seen(MemberId(i as u16), boot, generation);
+                } else if self.peers[i].boot != Some(boot) {
+                    self.stats.drop("health_boot_unconfirmed");
+                }
+            }
+            Broadcast::Arm(a) if !self.durable.flag_step_ok(a.version) => {
+                self.stats.drop("flag_step_too_large")
+            }
+            Broadcast::Maintenance(m) if !self.durable.flag_step_ok(m.version) => {
+                self.stats.drop("flag_step_too_large")
             }
             Broadcast::Arm(a) => {
                 if self.durable.apply_arm(a) {
@@ -1045,8 +1069,22 @@ impl Node {
     }
 
     fn on_operator(&mut self, cmd: OperatorCommand) {
+        let flag = matches!(
+            cmd,
+            OperatorCommand::Arm | OperatorCommand::Disarm | OperatorCommand::Maintenance { .. }
+        );
+        // Received flags move the counter by bounded steps (`FLAG_STEP_MAX`), so it cannot
+        // reach the top; should it anyway, the command is refused rather than wrapped.
+        let Some(counter) = self.durable.max_flag_counter().checked_add(1) else {
+            if flag {
+                self.emit(Event::FlagRefused {
+                    reason: "the flag counter is exhausted",
+                });
+            }
+            return;
+        };
         let version = peerfence_proto::FlagVersion {
-            counter: self.durable.max_flag_counter() + 1,
+            counter,
             by: self.me,
         };
         match cmd {
@@ -1060,7 +1098,14 @@ impl Node {
                     on,
                     version,
                 };
-                self.durable.apply_maintenance(m);
+                // Applied, then announced: an operator is told (and sees events of) only what
+                // took effect.
+                if !self.durable.apply_maintenance(m) {
+                    self.emit(Event::FlagRefused {
+                        reason: "a newer maintenance flag is in force",
+                    });
+                    return;
+                }
                 self.dirty = true;
                 self.persist();
                 self.swim.broadcast(&Broadcast::Maintenance(m));
@@ -1073,7 +1118,12 @@ impl Node {
             OperatorCommand::Arm | OperatorCommand::Disarm => {
                 let armed = cmd == OperatorCommand::Arm;
                 let a = peerfence_proto::ArmState { armed, version };
-                self.durable.apply_arm(a);
+                if !self.durable.apply_arm(a) {
+                    self.emit(Event::FlagRefused {
+                        reason: "a newer arm switch is in force",
+                    });
+                    return;
+                }
                 self.dirty = true;
                 self.persist();
                 self.swim.broadcast(&Broadcast::Arm(a));
@@ -1147,7 +1197,9 @@ impl Node {
             if i == self.me.index() {
                 continue;
             }
-            self.member_generation(MemberId(i as u16), generation);
+            // SWIM identities are gossiped by anyone and signed by nobody: a higher generation
+            // seen here only triggers news. That a member that left has returned is taken only
+            // from its own signed health or its own heartbeat slot (`member_generation`).
             let p = &mut self.peers[i];
             // A member that comes alive, or runs a new generation (a restarted daemon), learns
             // the fences it may have missed.
@@ -1218,7 +1270,10 @@ impl Node {
                 isolation: self.local.isolation(),
             };
             let periodic = self.now >= self.next_health;
-            self.swim.broadcast(&Broadcast::Health(h.clone()));
+            let signed = self
+                .vote_key
+                .sign_health(&self.cfg.cluster, self.cfg.digest(), h.clone());
+            self.swim.broadcast(&Broadcast::SignedHealth(signed));
             self.last_health = Some(h);
             self.next_health = self.now + HEALTH_REFRESH;
             if periodic {

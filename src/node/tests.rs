@@ -8,8 +8,8 @@ use crate::crypto::VoteKey;
 use crate::health::WriteOutcome;
 use crate::testutil::{key, raw};
 use peerfence_proto::{
-    FenceKind, FenceOutcome, HeartbeatRecord, OutcomeResult, Proposal, QuorumCertificate,
-    RefuseReason, Round, SignedVote, VoteEvidence,
+    FenceKind, FenceOutcome, HealthUpdate, HeartbeatRecord, OutcomeResult, Proposal,
+    QuorumCertificate, RefuseReason, Round, SignedVote, VoteEvidence,
 };
 
 const STEP: Duration = Duration::from_millis(100);
@@ -1840,4 +1840,100 @@ fn a_signed_outcome_counts_only_with_its_certificate_and_intact() {
         node.durable().proof_of(&signed.outcome.proposal),
         Some(signed)
     );
+}
+
+/// Issue 11: a new boot counts only when the host's own slot shows it. Even a health update its
+/// member signed (a compromised or confused member) does not move this node to a new boot;
+/// the slot's record does.
+#[test]
+fn a_new_boot_in_signed_health_alone_is_not_a_reboot() {
+    let mut c = settled(5, |_| {});
+    let cfg = c.cfg.clone();
+    let node = c.nodes[0].as_mut().unwrap();
+    let update = HealthUpdate {
+        member: MemberId(4),
+        generation: 1_000,
+        seq: 1,
+        boot: BootId([0xee; 16]),
+        verdict: peerfence_proto::Verdict::Healthy,
+        storage: vec![peerfence_proto::StorageHealth::Ok],
+        agent: peerfence_proto::AgentHealth::Alive,
+        isolation: peerfence_proto::IsolationHealth::NotConfigured,
+    };
+    let signed = key(4).sign_health(&cfg.cluster, cfg.digest(), update);
+    node.on_broadcast(Broadcast::SignedHealth(signed));
+    assert_eq!(node.peers[4].boot, Some(boot(4)));
+    assert_eq!(
+        node.stats().dropped.get("health_boot_unconfirmed"),
+        Some(&1)
+    );
+    assert!(!c.events(0).any(|e| matches!(e, Event::Rebooted { .. })));
+    // The slot shows the new boot: now it is one.
+    let record = HeartbeatRecord {
+        member: MemberId(4),
+        boot: BootId([0xee; 16]),
+        generation: 1_000,
+        counter: 1,
+    };
+    let node = c.nodes[0].as_mut().unwrap();
+    node.handle(
+        c.now,
+        Input::HeartbeatRead {
+            path: 0,
+            member: MemberId(4),
+            record: Some(record),
+            stopped: false,
+        },
+    );
+    assert_eq!(node.peers[4].boot, Some(BootId([0xee; 16])));
+}
+
+/// Issue 11: a flag version far ahead of what the node knows is refused (a forged disarm at
+/// `u64::MAX` would outbid every later command); an operator command that cannot take effect is
+/// answered with a refusal and announces nothing.
+#[test]
+fn a_flag_too_far_ahead_is_refused_and_commands_announce_only_what_applied() {
+    let mut c = settled(3, |_| {});
+    let node = c.nodes[0].as_mut().unwrap();
+    let forged = peerfence_proto::ArmState {
+        armed: false,
+        version: peerfence_proto::FlagVersion {
+            counter: u64::MAX,
+            by: MemberId(2),
+        },
+    };
+    node.on_broadcast(Broadcast::Arm(forged));
+    assert!(node.durable().armed.armed);
+    assert_eq!(node.stats().dropped.get("flag_step_too_large"), Some(&1));
+    // Within the step it is applied (flags are not signed yet: see SAFETY.md, trust model).
+    let near = peerfence_proto::ArmState {
+        armed: false,
+        version: peerfence_proto::FlagVersion {
+            counter: crate::durable::FLAG_STEP_MAX,
+            by: MemberId(2),
+        },
+    };
+    node.on_broadcast(Broadcast::Arm(near));
+    assert!(!node.durable().armed.armed);
+    // An operator's arm outbids it.
+    node.handle(c.now, Input::Operator(OperatorCommand::Arm));
+    assert!(node.durable().armed.armed);
+    assert_eq!(
+        node.durable().armed.version.counter,
+        crate::durable::FLAG_STEP_MAX + 1
+    );
+    // A counter at the top (an old state file) refuses instead of wrapping or panicking.
+    node.durable.armed.version.counter = u64::MAX;
+    while node.poll_output().is_some() {}
+    node.handle(c.now, Input::Operator(OperatorCommand::Disarm));
+    let mut refused = false;
+    while let Some(o) = node.poll_output() {
+        match o {
+            Output::Event(Event::FlagRefused { .. }) => refused = true,
+            Output::Event(Event::ArmChanged { .. }) => panic!("announced a change not applied"),
+            _ => {}
+        }
+    }
+    assert!(refused);
+    assert!(node.durable().armed.armed);
 }
