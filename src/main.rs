@@ -265,8 +265,19 @@ fn load(path: &Path) -> Result<peerfence::daemon::config::DaemonConfig, ExitCode
 fn check_config(path: &Path) -> ExitCode {
     match load(path) {
         Ok(cfg) => {
+            // Secrets files are judged as `run` judges them (a 0644 file is refused).
+            let mut notes = Vec::new();
+            for level in cfg.agents.iter().flatten() {
+                match peerfence::daemon::fence::check_secrets(level) {
+                    Ok(n) => notes.extend(n),
+                    Err(e) => {
+                        eprintln!("{}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             println!("{}: valid", path.display());
-            for line in cfg.summary() {
+            for line in cfg.summary().into_iter().chain(notes) {
                 println!("  {line}");
             }
             ExitCode::SUCCESS

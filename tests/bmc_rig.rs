@@ -44,7 +44,13 @@ impl Scratch {
 
     /// Powers the host on by hand (as the test would start a daemon) and returns its pid.
     fn power_on_host(&self) -> u32 {
-        let ok = Command::new(self.host().join("start")).status().unwrap();
+        // Through sh, not exec of the script itself: another test thread forking while this
+        // one's script file was still open for writing makes exec fail with ETXTBSY ("Text file
+        // busy"; seen once in CI). Reading a script as sh's input has no such race.
+        let ok = Command::new("sh")
+            .arg(self.host().join("start"))
+            .status()
+            .unwrap();
         assert!(ok.success());
         wait_for(Duration::from_secs(5), || bmc::host_pid(&self.host()))
             .expect("the start script did not record a live pid")

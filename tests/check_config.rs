@@ -272,3 +272,35 @@ fn test_settings_are_refused_in_enforce_mode_unless_the_cluster_is_a_test_rig() 
     assert!(!err.contains("local_actions.watchdog_device"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Issue 11: `check-config` refuses a secrets file others can read, and one whose value would
+/// add a line to the agent's stdin, as `run` does — without echoing the secret.
+#[test]
+fn a_readable_or_multi_line_secrets_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("pf-check-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secrets = dir.join("ipmi.secrets");
+    std::fs::write(&secrets, "password=s3cret\n").unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/peerfence.example.toml"),
+    )
+    .unwrap()
+    .replace("/etc/peerfence/ipmi.secrets", secrets.to_str().unwrap());
+    let path = dir.join("peerfence.toml");
+    std::fs::write(&path, example).unwrap();
+    let out = check(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(check(&path).status.success());
+    std::fs::write(&secrets, "password=s3cret\raction=reboot\n").unwrap();
+    let out = check(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("carriage return or NUL"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -301,7 +301,7 @@ pub struct LocalActionsConfig {
 /// (fence-agents treats a legacy `option=` like a missing action: *reboot*).
 const RESERVED_PARAMS: &[&str] = &["action", "option"];
 
-fn valid_param_name(n: &str) -> bool {
+pub(super) fn valid_param_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n.bytes()

@@ -109,6 +109,18 @@ pub enum AgentError {
         /// Variable.
         var: String,
     },
+    /// A secret environment variable holds a line break or NUL.
+    #[error(
+        "agents.{level}.secret_env.{param}: environment variable {var} holds a line break or NUL; it would reach the fence agent as lines of its own (a second action= line, say). Set it to one line"
+    )]
+    EnvNotOneLine {
+        /// Level name.
+        level: String,
+        /// Parameter.
+        param: String,
+        /// Variable.
+        var: String,
+    },
     /// `metadata` failed.
     #[error(
         "agents.{level}.command {command:?}: `action=metadata` failed ({why}); is the agent installed (Debian: fence-agents)?"
@@ -177,8 +189,16 @@ pub(super) fn read_private_file(path: &Path, what: &str) -> Result<String, Strin
     std::fs::read_to_string(path).map_err(|e| format!("cannot be read: {e}"))
 }
 
+/// Whether `value` can go on an agent's stdin as one `name=value` line: a line break would add
+/// lines of its own (`x\naction=reboot`: fence_ipmilan obeys the *last* `action=`), a NUL ends
+/// the value early in a C agent.
+fn one_line(value: &str) -> bool {
+    !value.contains(['\n', '\r', '\0'])
+}
+
 /// Reads a secrets file: `name=value` or `HOST.name=value` lines, `#` comments. It must not be
-/// readable by group or others.
+/// readable by group or others. `HOST` may hold dots (`kvm1.example.com.password`): parameter
+/// names never do, so the name is what follows the last one.
 fn read_secrets_file(level: &str, path: &Path) -> Result<SecretMaps, AgentError> {
     let err = |rule: String| AgentError::Secrets {
         level: level.into(),
@@ -200,13 +220,19 @@ fn read_secrets_file(level: &str, path: &Path) -> Result<SecretMaps, AgentError>
                 n + 1
             )));
         };
-        let (host, name) = match key.trim().split_once('.') {
+        let (host, name) = match key.trim().rsplit_once('.') {
             Some((h, k)) => (Some(h.to_owned()), k.to_owned()),
             None => (None, key.trim().to_owned()),
         };
-        if name == "action" || name == "option" || name.is_empty() {
+        if name == "action" || name == "option" || !super::config::valid_param_name(&name) {
             return Err(err(format!(
-                "line {}: {name:?} is not a secret parameter",
+                "line {}: {name:?} is not a secret parameter (lowercase letters, digits, '_' or '-'; not action or option)",
+                n + 1
+            )));
+        }
+        if !one_line(value) {
+            return Err(err(format!(
+                "line {}: the value of {name} holds a carriage return or NUL; it would reach the agent as a line of its own. Remove it",
                 n + 1
             )));
         }
@@ -223,19 +249,69 @@ fn read_secrets_file(level: &str, path: &Path) -> Result<SecretMaps, AgentError>
     Ok((common, per_host))
 }
 
+/// What `check-config` can judge of a level's secrets where it runs: a secrets file that is
+/// there must be private and well-formed (as `run` requires); a missing file or an unset
+/// variable is reported as a note (the daemon's host and environment may differ).
+pub fn check_secrets(cfg: &AgentLevelConfig) -> Result<Vec<String>, AgentError> {
+    let mut notes = Vec::new();
+    if let Some(f) = &cfg.secrets.file {
+        if f.exists() {
+            read_secrets_file(&cfg.name, f)?;
+        } else {
+            notes.push(format!(
+                "agents.{}.secrets_file {}: not found here; `run` needs it (mode 0600)",
+                cfg.name,
+                f.display()
+            ));
+        }
+    }
+    for (param, var) in &cfg.secrets.env {
+        match std::env::var(var) {
+            Ok(v) if !one_line(&v) => {
+                return Err(AgentError::EnvNotOneLine {
+                    level: cfg.name.clone(),
+                    param: param.clone(),
+                    var: var.clone(),
+                });
+            }
+            Ok(_) => {}
+            Err(_) => notes.push(format!(
+                "agents.{}.secret_env.{param}: {var} is not set here; `run` needs it in the daemon's environment",
+                cfg.name
+            )),
+        }
+    }
+    Ok(notes)
+}
+
 impl Agent {
     /// Loads the level's secrets (file and environment).
     pub fn load(cfg: AgentLevelConfig) -> Result<Agent, AgentError> {
+        Self::load_with(cfg, |var| std::env::var(var).ok())
+    }
+
+    /// [`Agent::load`] with the environment given (tests cannot set variables safely).
+    fn load_with(
+        cfg: AgentLevelConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Agent, AgentError> {
         let (mut common, per_host) = match &cfg.secrets.file {
             Some(f) => read_secrets_file(&cfg.name, f)?,
             None => Default::default(),
         };
         for (param, var) in &cfg.secrets.env {
-            let v = std::env::var(var).map_err(|_| AgentError::Env {
+            let v = env(var).ok_or_else(|| AgentError::Env {
                 level: cfg.name.clone(),
                 param: param.clone(),
                 var: var.clone(),
             })?;
+            if !one_line(&v) {
+                return Err(AgentError::EnvNotOneLine {
+                    level: cfg.name.clone(),
+                    param: param.clone(),
+                    var: var.clone(),
+                });
+            }
             common.insert(param.clone(), Secret(v));
         }
         Ok(Agent {
@@ -255,7 +331,9 @@ impl Agent {
     }
 
     /// The stdin of one call: the action first, then the parameters (host ones override).
-    fn stdin(&self, host: Option<&str>, op: Op) -> String {
+    /// `Err` names a parameter whose value is not one line: every source is checked when it is
+    /// loaded, and this is the last check before anything reaches the agent.
+    fn stdin(&self, host: Option<&str>, op: Op) -> Result<String, String> {
         let mut params: BTreeMap<&str, &str> = BTreeMap::new();
         for (k, v) in &self.cfg.params {
             params.insert(k, v);
@@ -277,12 +355,18 @@ impl Agent {
         }
         let mut text = format!("action={}\n", op.as_str());
         for (k, v) in params {
+            if !one_line(k) || !one_line(v) || k.contains('=') {
+                return Err(format!(
+                    "refused to run the agent: parameter {:?} is not one name=value line (a line break or NUL in it would add lines to the agent's stdin)",
+                    k.replace(['\n', '\r', '\0'], "?")
+                ));
+            }
             text.push_str(k);
             text.push('=');
             text.push_str(v);
             text.push('\n');
         }
-        text
+        Ok(text)
     }
 
     /// Masks every secret value in `text` and keeps its tail.
@@ -306,10 +390,23 @@ impl Agent {
                 stdout: String::new(),
             };
         };
+        let input = match self.stdin(host, op) {
+            Ok(text) => text,
+            Err(why) => {
+                tracing::error!(level = %self.cfg.name, "{why}");
+                return Call {
+                    code: None,
+                    timed_out: false,
+                    elapsed: started.elapsed(),
+                    output: why,
+                    stdout: String::new(),
+                };
+            }
+        };
         let mut cmd = tokio::process::Command::new(program);
         // Python agents print a DeprecationWarning on every run otherwise.
         cmd.args(args).env("PYTHONWARNINGS", "ignore");
-        let run = run_bounded(cmd, self.stdin(host, op).into_bytes(), timeout).await;
+        let run = run_bounded(cmd, input.into_bytes(), timeout).await;
         let output = match &run.error {
             Some(why) => why.clone(),
             None if run.timed_out => format!("killed after {timeout:?}"),
@@ -667,7 +764,7 @@ mod tests {
         let mut a = Agent::load(level(vec!["x".into()])).unwrap();
         a.common
             .insert("password".into(), Secret("hunter22".into()));
-        let text = a.stdin(Some("kvm01"), Op::Off);
+        let text = a.stdin(Some("kvm01"), Op::Off).unwrap();
         assert!(text.starts_with("action=off\n"), "{text}");
         assert!(text.contains("ip=10.0.0.21\n"));
         assert!(text.contains("lanplus=1\n"));
@@ -696,7 +793,37 @@ mod tests {
         assert_eq!(per_host["kvm01"]["password"].0, "other");
         std::fs::write(&f, "action=reboot\n").unwrap();
         assert!(read_secrets_file("ipmi", &f).is_err());
+        // A dotted member name keeps its dots: the parameter is after the last one.
+        std::fs::write(&f, "kvm1.example.com.password=p4ss\n").unwrap();
+        let (_, per_host) = read_secrets_file("ipmi", &f).unwrap();
+        assert_eq!(per_host["kvm1.example.com"]["password"].0, "p4ss");
+        // A carriage return or NUL inside a value is refused, never echoed.
+        for bad in ["password=x\raction=reboot\n", "password=x\0y\n"] {
+            std::fs::write(&f, bad).unwrap();
+            let err = read_secrets_file("ipmi", &f).unwrap_err().to_string();
+            assert!(err.contains("carriage return or NUL"), "{err}");
+            assert!(!err.contains("reboot"), "{err}");
+        }
         std::fs::remove_dir_all(&d).ok();
+    }
+
+    /// Issue 11: a secret from the environment with a line break would add an `action=` line
+    /// that `fence_ipmilan` obeys (it takes the last one). Refused at load, and again at the
+    /// stdin write whatever the source.
+    #[test]
+    fn a_value_with_a_line_break_never_reaches_an_agent() {
+        let mut cfg = level(vec!["x".into()]);
+        cfg.secrets.env = [("password".to_owned(), "IPMI_PASSWORD".to_owned())].into();
+        let err = Agent::load_with(cfg, |_| Some("x\naction=reboot".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line break or NUL"), "{err}");
+        assert!(!err.contains("reboot"), "{err}");
+        let mut a = Agent::load(level(vec!["x".into()])).unwrap();
+        a.common
+            .insert("password".into(), Secret("x\naction=reboot".into()));
+        let err = a.stdin(Some("kvm01"), Op::Off).unwrap_err();
+        assert!(err.contains("\"password\""), "{err}");
     }
 
     #[test]
