@@ -217,10 +217,7 @@ pub async fn serve(
     if let Some(tls) = tls {
         return super::https::serve(listener, tls, router(api)).await;
     }
-    let app = router(api).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "HTTP endpoint stopped");
-    }
+    super::https::serve_plain(listener, router(api)).await;
 }
 
 fn error(code: StatusCode, message: impl Into<String>) -> Response {

@@ -4,8 +4,13 @@
 //! audited as `cert:NAME`, NAME being the certificate's DNS name (`peerfence certs issue --id
 //! alice` makes one for a person).
 //!
-//! axum's own `serve` has no TLS, so connections are accepted here: each gets its own task, a
-//! handshake bounded by [`HANDSHAKE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] run at once.
+//! axum's own `serve` has no TLS (nor a connection cap or header timeout), so connections are
+//! accepted here, for HTTPS and plain HTTP alike ([`serve_plain`]): at most [`MAX_CONNECTIONS`]
+//! run at once (more wait in the kernel's accept queue, costing the daemon no descriptor), a TLS
+//! handshake is bounded by [`HANDSHAKE_TIMEOUT`], a request's headers by
+//! [`HEADER_READ_TIMEOUT`], and a connection serves one request (no keep-alive), so no client
+//! can hold descriptors by sitting idle or dripping headers: without these, about 1,100 idle
+//! connections at a limit of 1,024 descriptors made the daemon's own heartbeat writes fail.
 
 use super::certs::{CertError, load_certs, load_key, load_roots};
 use axum::Router;
@@ -16,8 +21,11 @@ use std::time::Duration;
 
 /// Time a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTPS connections served at once; more wait in the kernel's backlog.
-pub const MAX_CONNECTIONS: usize = 256;
+/// API connections (HTTP or HTTPS) served at once; more wait in the kernel's backlog. Event
+/// streams ([`super::http::MAX_EVENT_STREAMS`]) count among them.
+pub const MAX_CONNECTIONS: usize = 128;
+/// Time a client has to send a request's headers; a connection that sends none is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who presented a verified client certificate on this connection (a request extension).
 #[derive(Debug, Clone)]
@@ -59,6 +67,49 @@ fn cert_name(conn: &rustls::ServerConnection) -> Option<String> {
     Some(name)
 }
 
+/// One accepted connection, TLS or not: a single request, headers within
+/// [`HEADER_READ_TIMEOUT`].
+async fn serve_connection<I>(io: I, app: Router, remote: std::net::SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let io = hyper_util::rt::TokioIo::new(io);
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(io, service)
+        .await
+    {
+        tracing::debug!(%remote, error = %e, "API connection ended");
+    }
+}
+
+/// Serves plain HTTP until the process ends, with the limits of the module docs.
+pub async fn serve_plain(listener: tokio::net::TcpListener, app: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let app = app.clone().layer(axum::Extension(ConnectInfo(remote)));
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(tcp, app, remote).await;
+        });
+    }
+}
+
 /// Serves HTTPS until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -90,14 +141,7 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
             let app = app
                 .layer(axum::Extension(who))
                 .layer(axum::Extension(ConnectInfo(remote)));
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let io = hyper_util::rt::TokioIo::new(tls);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(%remote, error = %e, "HTTPS connection ended");
-            }
+            serve_connection(tls, app, remote).await;
         });
     }
 }

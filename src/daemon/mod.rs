@@ -209,6 +209,35 @@ struct Clock {
     tokio: tokio::time::Instant,
 }
 
+/// Raises the soft limit on open descriptors to the hard one (systemd's default soft limit is
+/// 1,024): the API's connections are capped well below it, and what is left is the reserve for
+/// heartbeat files, the state file, agents and hooks. Logged, never fatal.
+#[allow(unsafe_code)]
+fn raise_descriptor_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit; getrlimit only writes into it.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit; setrlimit only reads it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            lim.rlim_cur = before;
+        }
+    }
+    tracing::info!(
+        before,
+        now = lim.rlim_cur,
+        api_connections_max = https::MAX_CONNECTIONS,
+        "open descriptor limit"
+    );
+}
+
 /// CLOCK_BOOTTIME in microseconds (CLOCK_MONOTONIC if the kernel lacks it, which every kernel
 /// since 2.6.39 has).
 #[allow(unsafe_code)]
@@ -250,6 +279,7 @@ impl Clock {
 /// Runs the daemon until SIGTERM or SIGINT (a second one exits at once).
 pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let clock = Clock::start();
+    raise_descriptor_limit();
     let core = cfg.core.clone();
     let vote = certs::load_vote_key(&cfg.vote_key)?;
     let names: Vec<String> = core

@@ -258,9 +258,24 @@ listen = "127.0.0.1:{http}"
     }
 
     pub fn start(&mut self, i: usize) {
+        self.start_with_nofile(i, None);
+    }
+
+    /// Starts member `i` with at most `nofile` open descriptors (soft and hard), when given.
+    pub fn start_with_nofile(&mut self, i: usize, nofile: Option<u32>) {
         let m = &mut self.members[i];
         let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name))).unwrap();
-        let child = Command::new(bin())
+        let mut cmd = match nofile {
+            None => Command::new(bin()),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin());
+                c
+            }
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&m.config)
             .stdin(Stdio::null())
