@@ -1197,9 +1197,10 @@ impl Node {
             if i == self.me.index() {
                 continue;
             }
-            // SWIM identities are gossiped by anyone and signed by nobody: a higher generation
-            // seen here only triggers news. That a member that left has returned is taken only
-            // from its own signed health or its own heartbeat slot (`member_generation`).
+            // SWIM identities are gossiped by anyone and signed by nobody: one seen here does
+            // not record a left member as returned (`member_generation` does, from its signed
+            // health or its own slot). It still raises `p.generation`, which `has_left` reads:
+            // an open hole (docs/SAFETY.md, trust model).
             let p = &mut self.peers[i];
             // A member that comes alive, or runs a new generation (a restarted daemon), learns
             // the fences it may have missed.
