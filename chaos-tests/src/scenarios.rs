@@ -1423,6 +1423,32 @@ fn expect_forged_disarm(s: &Setup, r: &RunResult) -> Vec<String> {
     out
 }
 
+/// A daemon is stopped cleanly (its VMs run on; with a dead BMC half the time), then a
+/// compromised member gossips a SWIM update saying it runs again under a far higher generation,
+/// repeatedly. Nobody signs SWIM updates: the stop must stand, and nobody may fence the host.
+fn forged_return(s: &mut Setup) {
+    s.duration_us = 90 * SEC;
+    let [x, by] = s.distinct(2)[..] else {
+        unreachable!("min_nodes is 3")
+    };
+    if s.rng.random_bool(0.5) {
+        s.fault(SEC, Fault::Bmc(x, BmcMode::Fail));
+    }
+    let at = s.at(20, 25);
+    s.fault(at, Fault::StopDaemon(x));
+    for k in 0..5u64 {
+        s.fault(
+            at + 10 * SEC + k * 5 * SEC,
+            Fault::Forge {
+                by,
+                target: x,
+                forgery: Forgery::SwimReturn,
+            },
+        );
+    }
+    s.victims = vec![x];
+}
+
 fn expect_forged_reboot(s: &Setup, r: &RunResult) -> Vec<String> {
     let mut out = expect_no_self_fence(s, r);
     for why in ["unsigned_health", "bad_broadcast"] {
@@ -1689,6 +1715,14 @@ pub const SCENARIOS: &[Scenario] = &[
         min_nodes: 3,
         build: forged_reboot,
         expect: expect_forged_reboot,
+    },
+    Scenario {
+        name: "forged-return",
+        about: "a daemon is stopped cleanly, then a compromised member gossips SWIM updates saying it runs again under a far higher generation: the stop stands, nobody fences the host",
+        default_nodes: 5,
+        min_nodes: 3,
+        build: forged_return,
+        expect: expect_clean_stop,
     },
     Scenario {
         name: "forged-disarm",

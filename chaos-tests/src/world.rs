@@ -250,6 +250,9 @@ pub enum Forgery {
     /// Gossip (a SWIM packet of its own) announcing that the target rebooted: a new boot and a
     /// far higher generation, once unsigned and once signed with the forger's own key.
     HealthNewBoot,
+    /// A SWIM membership update announcing the target alive under a far higher generation (a
+    /// "restart" of a daemon that was stopped cleanly), which nobody signs.
+    SwimReturn,
     /// Gossip disarming the cluster at the highest flag version (`u64::MAX`), which no later
     /// operator command could outbid.
     DisarmForever,
@@ -2610,6 +2613,68 @@ impl World {
         self.forge_gossip(by, cfg, &items);
     }
 
+    /// Sends every running member a SWIM packet from `by` whose member update says `target`
+    /// runs again, Alive under generation 1 000 000.
+    fn forge_swim_return(&mut self, by: usize, target: usize, cfg: &Config) {
+        use foca::{Codec, Header, Member, Message as SwimMessage, State};
+        use peerfence_proto::{Envelope, Ident, Message};
+        let Some(by_generation) = self.hosts[by].node.as_ref().map(|n| n.generation()) else {
+            return;
+        };
+        self.trace(Some(by), || format!("forges SWIM: h{target} runs again"));
+        for to in (0..self.hosts.len()).filter(|&m| m != by && m != target) {
+            let Some(to_generation) = self.hosts[to].node.as_ref().map(|n| n.generation()) else {
+                continue;
+            };
+            let mut packet = Vec::new();
+            let header = Header {
+                src: Ident {
+                    member: MemberId(by as u16),
+                    generation: by_generation,
+                },
+                src_incarnation: 0,
+                dst: Ident {
+                    member: MemberId(to as u16),
+                    generation: to_generation,
+                },
+                message: SwimMessage::Gossip,
+            };
+            let mut codec = peerfence_proto::swim::SwimCodec;
+            codec
+                .encode_header(&header, &mut packet)
+                .expect("a SWIM header encodes");
+            packet.extend_from_slice(&1u16.to_be_bytes());
+            let member = Member::new(
+                Ident {
+                    member: MemberId(target as u16),
+                    generation: 1_000_000,
+                },
+                0,
+                State::Alive,
+            );
+            codec
+                .encode_member(&member, &mut packet)
+                .expect("a member encodes");
+            let env = Envelope {
+                cluster: cfg.cluster.clone(),
+                digest: cfg.digest(),
+                sender: MemberId(by as u16),
+                message: Message::Swim(packet),
+            };
+            let bytes = Bytes::from(peerfence_proto::encode(&env).expect("encodes"));
+            for d in self.net.delays(by, to, false, &mut self.rng) {
+                self.after(
+                    d,
+                    Ev::Deliver {
+                        to,
+                        from: by,
+                        bytes: bytes.clone(),
+                    },
+                );
+            }
+        }
+    }
+
     /// Sends every running member, from `by` (its real SWIM identity, authenticated as it), one
     /// SWIM packet per item carrying that custom broadcast.
     fn forge_gossip(&mut self, by: usize, cfg: &Config, items: &[peerfence_proto::Broadcast]) {
@@ -2678,6 +2743,10 @@ impl World {
             self.forge_health(by, target, &cfg, &key);
             return;
         }
+        if forgery == Forgery::SwimReturn {
+            self.forge_swim_return(by, target, &cfg);
+            return;
+        }
         if forgery == Forgery::DisarmForever {
             let item = peerfence_proto::Broadcast::Arm(peerfence_proto::ArmState {
                 armed: false,
@@ -2737,7 +2806,7 @@ impl World {
             Forgery::SelfCertified | Forgery::SpoofedExecutor => {
                 Message::CertifiedOutcome(CertifiedOutcome { qc, signed })
             }
-            Forgery::HealthNewBoot | Forgery::DisarmForever => {
+            Forgery::HealthNewBoot | Forgery::DisarmForever | Forgery::SwimReturn => {
                 unreachable!("sent as gossip above")
             }
             Forgery::News => Message::SignedFenceNews(SignedFenceNews {

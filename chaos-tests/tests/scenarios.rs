@@ -180,6 +180,13 @@ fn forged_reboot() {
     assert_eq!(s.safe_to_recover_total, 0);
 }
 
+/// Issue 11: a forged SWIM "return" of a cleanly stopped daemon does not end its stop.
+#[test]
+fn forged_return() {
+    let s = run_seam("forged-return");
+    assert_eq!(s.fences_total, 0);
+}
+
 /// Issue 11: a forged disarm at the highest flag version is refused; a later crash is fenced.
 #[test]
 fn forged_disarm() {

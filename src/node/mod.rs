@@ -932,9 +932,13 @@ impl Node {
         }
     }
 
-    /// `m` is seen running `generation` (SWIM, health gossip, a heartbeat record): a clean stop
-    /// of an earlier generation is over.
+    /// `m` itself shows it runs `generation` (its signed health, a heartbeat record of its
+    /// slot): a clean stop of an earlier generation is over.
     fn member_generation(&mut self, m: MemberId, generation: u32) {
+        if m != self.me {
+            let p = &mut self.peers[m.index()];
+            p.generation = p.generation.max(generation);
+        }
         if m != self.me && self.durable.returned(m, generation) {
             self.dirty = true;
             self.emit(Event::MemberReturned {
@@ -1197,17 +1201,19 @@ impl Node {
             if i == self.me.index() {
                 continue;
             }
-            // SWIM identities are gossiped by anyone and signed by nobody: one seen here does
-            // not record a left member as returned (`member_generation` does, from its signed
-            // health or its own slot). It still raises `p.generation`, which `has_left` reads:
-            // an open hole (docs/SAFETY.md, trust model).
+            // SWIM identities are gossiped by anyone and signed by nobody: one seen here only
+            // triggers news. The generation that ends a clean stop (`p.generation`, read by
+            // `has_left`) comes from the member's signed health or its own slot
+            // (`member_generation`).
             let p = &mut self.peers[i];
             // A member that comes alive, or runs a new generation (a restarted daemon), learns
             // the fences it may have missed.
             let back = (state == SwimState::Alive
                 && !matches!(p.swim, SwimState::Alive | SwimState::Suspect))
-                || (generation > p.generation && p.generation > 0 && state == SwimState::Alive);
-            p.generation = p.generation.max(generation);
+                || (generation > p.swim_generation
+                    && p.swim_generation > 0
+                    && state == SwimState::Alive);
+            p.swim_generation = p.swim_generation.max(generation);
             if back {
                 self.send_news(MemberId(i as u16));
             }

@@ -28,7 +28,13 @@ pub(super) struct Inflight {
 pub(super) struct Peer {
     pub swim: SwimState,
     pub swim_since: Instant,
+    /// Highest daemon generation the member itself vouched for: its signed health or its own
+    /// heartbeat slot. What `has_left` compares with, so a forged SWIM identity cannot end a
+    /// clean stop.
     pub generation: u32,
+    /// Highest generation of its SWIM identity (signed by nobody): only for noticing a restart
+    /// to send it the news.
+    pub swim_generation: u32,
     pub hb: PeerHeartbeat,
     pub health: Option<HealthUpdate>,
     pub health_at: Option<Instant>,
@@ -67,6 +73,7 @@ impl Peer {
             swim: SwimState::Unknown,
             swim_since: now,
             generation: 0,
+            swim_generation: 0,
             hb,
             health: None,
             health_at: None,
